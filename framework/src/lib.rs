@@ -1,0 +1,6 @@
+//! The losa framework: recipes, plans and run identity (backbone, data and engine follow).
+
+pub mod canonical;
+pub mod data;
+pub mod plan;
+pub mod recipe;

@@ -1,0 +1,128 @@
+//! The recipe language: what a researcher writes in TOML, layered and validated.
+//!
+//! Every type here is pure data. Fields carry `///` docs with units and defaults (they become the
+//! hover text in editors through the JSON Schema), unknown keys are rejected everywhere, and
+//! [`load`](load::load) reports every problem of a recipe at once.
+
+mod adapter;
+mod backbone;
+mod checks;
+mod dataset;
+mod device;
+mod error;
+mod eval;
+mod load;
+mod overrides;
+mod schema;
+mod train;
+mod validate;
+
+pub use adapter::*;
+pub use backbone::*;
+pub use dataset::*;
+pub use device::DeviceSpec;
+pub(crate) use error::did_you_mean;
+pub use error::{Problem, RecipeError};
+pub use eval::*;
+pub use load::{LoadOptions, load};
+pub use overrides::TrainOverrides;
+pub use schema::{recipe_schema, schema_json};
+pub use train::*;
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A recipe: the backbones × adapters × datasets × seeds to run, and how to train and evaluate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "losa recipe")]
+pub struct Recipe {
+    /// Name of the comparison; letters, digits, '.', '_' and '-'. Runs go to `runs/<name>/` unless
+    /// `output.dir` says otherwise. Required.
+    pub name: String,
+    /// Free text shown at the top of the report. Default: "".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Seeds; every run is repeated once per seed and reports show mean ± std. Default: [0].
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Backbones to adapt (usually one). Required, at least one.
+    pub backbones: Vec<BackboneConfig>,
+    /// Adaptation methods to compare. Required, at least one.
+    pub adapters: Vec<AdapterConfig>,
+    /// Datasets (each may expand into several tasks). Required, at least one.
+    pub datasets: Vec<DatasetConfig>,
+    /// Training settings shared by every method (each may override them in its own `train`).
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Split pair, selection rule and evaluation interval.
+    #[serde(default)]
+    pub eval: EvalConfig,
+    /// Compute device: "auto", "cpu", "cuda" or "cuda:N". Default: "auto".
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// Where results go.
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// The generated report.
+    #[serde(default)]
+    pub report: ReportConfig,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// Where results are written. Paths here are relative to the working directory, not the recipe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// The runs folder of this recipe (one sub-folder per run, plus `report/`); `--out` overrides
+    /// it. Default: "runs/<name>".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Folder of the shared feature cache. Default: "<dir>/cache".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Cached features kept in memory up to this many GiB; beyond it they are memory-mapped from
+    /// `cache_dir`. Default: 4.0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_memory_gib: Option<f64>,
+}
+
+/// Settings of the generated report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Write the report when the plan finishes. Default: true.
+    pub enabled: bool,
+    /// Title of the report. Default: the recipe's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// CSV of published results shown beside this recipe's own, marked as published (one row per
+    /// method, one column per task; see `recipes/vtab1k_published.csv`). Relative to the recipe
+    /// file. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-input-path" = true))]
+    pub published: Option<PathBuf>,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self { enabled: true, title: None, published: None }
+    }
+}
+
+impl Recipe {
+    /// The runs folder of this recipe: `output.dir`, else `runs/<name>`.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.output.dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&self.name))
+    }
+
+    /// The training settings of adapter `i`: `[train]` with its overrides merged in.
+    pub fn train_for(&self, adapter: &AdapterConfig) -> Result<TrainConfig, serde_json::Error> {
+        adapter.train_overrides().apply(&self.train)
+    }
+}

@@ -1,0 +1,102 @@
+//! The command line: `runner <recipe>` and its subcommands.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Compare ways of adapting pretrained vision transformers (LoSA, LoRA, VPT, full finetuning,
+/// linear probing, ...) on accuracy, trainable parameters, training time and memory.
+#[derive(Debug, Parser)]
+#[command(name = "runner", version, args_conflicts_with_subcommands = true)]
+#[command(
+    after_help = "Examples:\n  runner recipes/quickstart.toml\n  runner plan recipes/vtab_all.toml --set 'seeds=[0,1,2]'\n  runner check recipes/*.toml"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Recipe to run (the same as `runner run <recipe>`).
+    pub recipe: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train and evaluate every run of a recipe that has not finished yet, then write the report.
+    Run {
+        /// The recipe file.
+        recipe: PathBuf,
+        #[command(flatten)]
+        flags: RunFlags,
+    },
+    /// Validate recipes and print each one resolved (all layers and defaults applied) as TOML.
+    Check {
+        /// Recipe files.
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        #[command(flatten)]
+        layers: Layers,
+    },
+    /// List the runs a recipe expands to (backbones × adapters × dataset tasks × seeds) with their ids.
+    Plan {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        layers: Layers,
+    },
+    /// Print the recipe JSON Schema (draft-07), for editor completion and validation.
+    Schema,
+}
+
+/// Settings layered over a recipe file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Layers {
+    /// Override a recipe key; VALUE is a TOML literal: --set train.lr=3e-4 --set 'seeds=[0,1,2]'.
+    /// Applied after the file and LOSA__SECTION__KEY environment variables.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// Flags of `runner run`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunFlags {
+    #[command(flatten)]
+    pub layers: Layers,
+    /// Redo runs that have finished already.
+    #[arg(long)]
+    pub force: bool,
+    /// Run only shard I of N (0-based), e.g. --shard 0/4; shards are disjoint and together cover the plan.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// The runs folder of this recipe (default: the recipe's output.dir, else runs/<recipe name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// No progress bars: log lines only.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Shard `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parsed =
+            s.split_once('/').and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+        match parsed {
+            Some((index, count)) if index < count => Ok(Shard { index, count }),
+            Some((index, count)) => Err(format!("shard index {index} is not below the shard count {count}")),
+            None => Err(format!("expected I/N with 0 ≤ I < N, e.g. 0/4, found {s:?}")),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! What each subcommand does, on top of the libraries.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use losa_framework::plan::{RunSpec, plan as expand, shard};
+use losa_framework::recipe::{self, LoadOptions, Recipe};
+
+use crate::Failure;
+use crate::cli::{Layers, RunFlags};
+
+fn load(path: &Path, layers: &Layers) -> Result<Recipe, Failure> {
+    let options = LoadOptions { sets: layers.sets.clone(), env: std::env::vars().collect() };
+    Ok(recipe::load(path, &options)?)
+}
+
+/// `runner run`: validate, expand and (once the engine exists) execute the plan.
+pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
+    let recipe = load(path, &flags.layers)?;
+    let mut runs = expand(&recipe);
+    if let Some(s) = flags.shard {
+        runs = shard(runs, s.index, s.count);
+    }
+    let missing: Vec<String> = runs
+        .iter()
+        .flat_map(|r| &r.missing)
+        .map(|m| format!("{} not found: {}", m.what, m.path.display()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::BadInput(anyhow!(
+            "recipe {} needs inputs that are not there:\n  - {}\n(input paths in a recipe are relative to the recipe file)",
+            path.display(),
+            missing.join("\n  - ")
+        )));
+    }
+    let runs_dir = flags.out.clone().unwrap_or_else(|| recipe.runs_dir());
+    if !flags.quiet {
+        print!("{}", plan_table(&recipe, &runs, &runs_dir));
+    }
+    tracing::warn!(
+        "{} run(s) validated; training is not part of this build yet (it arrives with the engine), so nothing was trained",
+        runs.len()
+    );
+    Ok(())
+}
+
+/// `runner check`: validate every recipe, print each resolved; report all invalid ones.
+pub fn check(paths: &[PathBuf], layers: &Layers) -> Result<(), Failure> {
+    let mut invalid = Vec::new();
+    for path in paths {
+        match load(path, layers) {
+            Ok(recipe) => {
+                let text =
+                    toml::to_string(&recipe).with_context(|| format!("printing {}", path.display()))?;
+                println!("# {} (resolved)\n{text}", path.display());
+            }
+            Err(Failure::BadInput(e)) => invalid.push(format!("{e:#}")),
+            Err(other) => return Err(other),
+        }
+    }
+    match invalid.len() {
+        0 => Ok(()),
+        1 => Err(Failure::BadInput(anyhow!("{}", invalid[0]))),
+        n => Err(Failure::BadInput(anyhow!(
+            "{n} of {} recipes are invalid:\n{}",
+            paths.len(),
+            invalid.join("\n")
+        ))),
+    }
+}
+
+/// `runner plan`: the runs a recipe expands to.
+pub fn plan(path: &Path, json: bool, layers: &Layers) -> Result<(), Failure> {
+    let recipe = load(path, layers)?;
+    let runs = expand(&recipe);
+    if json {
+        let doc = serde_json::json!({
+            "recipe": recipe.name,
+            "runs_dir": recipe.runs_dir(),
+            "runs": runs,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", plan_table(&recipe, &runs, &recipe.runs_dir()));
+    }
+    Ok(())
+}
+
+/// `runner schema`.
+pub fn schema() -> Result<(), Failure> {
+    print!("{}", recipe::schema_json());
+    Ok(())
+}
+
+/// The plan as an aligned text table, with missing inputs listed below it.
+fn plan_table(recipe: &Recipe, runs: &[RunSpec], runs_dir: &Path) -> String {
+    let header = ["#", "run id", "backbone", "adapter", "dataset", "task", "seed"];
+    let rows: Vec<[String; 7]> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            [
+                (i + 1).to_string(),
+                r.id.clone().unwrap_or_else(|| "(inputs missing)".into()),
+                r.labels.backbone.clone(),
+                r.labels.adapter.clone(),
+                r.labels.dataset.clone(),
+                r.task.name.clone(),
+                r.seed.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = format!("recipe {}: {} runs into {}\n", recipe.name, runs.len(), runs_dir.display());
+    out.push_str(&line(&header.map(String::from)));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    let missing: std::collections::BTreeSet<String> = runs
+        .iter()
+        .flat_map(|r| &r.missing)
+        .map(|m| format!("{} not found: {}", m.what, m.path.display()))
+        .collect();
+    if !missing.is_empty() {
+        out.push_str("\nmissing inputs (ids are computed from their content once they are there):\n");
+        for m in missing {
+            out.push_str(&format!("  - {m}\n"));
+        }
+    }
+    out
+}
