@@ -1,1 +1,6 @@
+//! End-to-end tests of the `runner` binary (one integration-test binary for the workspace).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
+mod recipes;
+mod support;

@@ -157,3 +157,7 @@ fn backbone_identity(b: &BackboneConfig, hashes: &mut FileHashes) -> (Value, Vec
 pub fn shard(runs: Vec<RunSpec>, index: usize, count: usize) -> Vec<RunSpec> {
     runs.into_iter().enumerate().filter(|(i, _)| i % count == index).map(|(_, r)| r).collect()
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

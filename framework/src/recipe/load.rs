@@ -83,13 +83,23 @@ impl Layered<'_> {
                 None => break,
             }
         }
-        let Some(meta) = self.figment.get_metadata(node.tag()) else {
+        // A key no layer set holds its default, and the recipe file is where to set it; but inside
+        // a list element, which one layer gave whole (lists are replaced, not merged), that layer
+        // is where the key is missing.
+        let in_element = path[..depth].last().is_some_and(|s| s.parse::<usize>().is_ok());
+        let meta = self.figment.get_metadata(node.tag()).filter(|_| depth == path.len() || in_element);
+        let Some(meta) = meta else {
             return self.recipe_path.display().to_string();
         };
         match &meta.source {
             Some(Source::File(file)) => file.display().to_string(),
             _ => {
-                let keys: Vec<&str> = path[..depth].iter().map(String::as_str).collect();
+                // Name the key as it was written: a list is set whole, so stop at its index.
+                let keys: Vec<&str> = path[..depth]
+                    .iter()
+                    .map(String::as_str)
+                    .take_while(|s| s.parse::<usize>().is_err())
+                    .collect();
                 meta.interpolate(&Profile::Default, &keys)
             }
         }

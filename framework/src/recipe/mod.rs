@@ -126,3 +126,6 @@ impl Recipe {
         adapter.train_overrides().apply(&self.train)
     }
 }
+
+#[cfg(test)]
+mod tests;
