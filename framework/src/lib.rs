@@ -1,4 +1,5 @@
 //! The losa framework: recipes, plans and run identity (backbone, data and engine follow).
+#![warn(missing_docs)]
 
 pub mod canonical;
 pub mod data;
