@@ -1,7 +1,9 @@
-//! The losa framework: recipes, plans and run identity (backbone, data and engine follow).
+//! The losa framework: recipes, plans and run identity, the ViT backbone and its checkpoints (data and engine follow).
 #![warn(missing_docs)]
 
 pub mod canonical;
+pub mod checkpoint;
 pub mod data;
 pub mod plan;
 pub mod recipe;
+pub mod vit;

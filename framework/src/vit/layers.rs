@@ -1,0 +1,70 @@
+//! The ViT's building blocks, each with a fast fused path and a differentiable path.
+//!
+//! candle's fused `layer_norm` and `softmax_last_dim` return no gradient for their inputs, and no
+//! error (../shared/DESIGN.md). Methods that train through the backbone (LoRA, VPT, full
+//! finetuning) therefore run the `Grad::Through` path, built from ops that all have a backward;
+//! frozen forwards (LoSA, linear probing, evaluation) use the fused ops.
+
+use candle_core::{D, Module, Result, Tensor};
+
+/// Whether gradients must flow through the backbone's computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grad {
+    /// Forward only: fused kernels, no graph kept.
+    Frozen,
+    /// Gradients flow through the backbone (to its weights or to inputs and hooks).
+    Through,
+}
+
+/// `y = x Wᵀ + b`, weights in PyTorch's [out, in] layout.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// [out, in].
+    pub weight: Tensor,
+    /// [out].
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Applies the layer to `x` of shape [..., in].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
+    }
+}
+
+/// LayerNorm over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// Scale, [d].
+    pub weight: Tensor,
+    /// Shift, [d].
+    pub bias: Tensor,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Normalises `x` over its last dimension.
+    pub fn forward(&self, x: &Tensor, grad: Grad) -> Result<Tensor> {
+        match grad {
+            Grad::Frozen => {
+                candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+            }
+            Grad::Through => {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let centred = x.broadcast_sub(&mean)?;
+                let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+                let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+            }
+        }
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax(x: &Tensor, grad: Grad) -> Result<Tensor> {
+    match grad {
+        Grad::Frozen => candle_nn::ops::softmax_last_dim(x),
+        Grad::Through => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}
