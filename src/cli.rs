@@ -37,6 +37,10 @@ pub enum Command {
         recipes: Vec<PathBuf>,
         #[command(flatten)]
         layers: Layers,
+        /// Also open every dataset task, read the splits the recipe uses and decode every image;
+        /// report every problem found (exit code 2 if any).
+        #[arg(long)]
+        data: bool,
     },
     /// List the runs a recipe expands to (backbones × adapters × dataset tasks × seeds) with their ids.
     Plan {

@@ -46,8 +46,10 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `runner check`: validate every recipe, print each resolved; report all invalid ones.
-pub fn check(paths: &[PathBuf], layers: &Layers) -> Result<(), Failure> {
+/// `runner check`: validate every recipe, print each resolved; report all invalid ones. With
+/// `data`, also check every recipe's data (see `check_data`); its summary lines are TOML comments
+/// so the output stays a valid recipe.
+pub fn check(paths: &[PathBuf], layers: &Layers, data: bool) -> Result<(), Failure> {
     let mut invalid = Vec::new();
     for path in paths {
         match load(path, layers) {
@@ -55,6 +57,11 @@ pub fn check(paths: &[PathBuf], layers: &Layers) -> Result<(), Failure> {
                 let text =
                     toml::to_string(&recipe).with_context(|| format!("printing {}", path.display()))?;
                 println!("# {} (resolved)\n{text}", path.display());
+                match data.then(|| crate::check_data::check(&recipe)) {
+                    Some(Ok(lines)) => lines.iter().for_each(|l| println!("# data ok: {l}")),
+                    Some(Err(problems)) => invalid.push(format!("recipe {}: {problems}", path.display())),
+                    None => {}
+                }
             }
             Err(Failure::BadInput(e)) => invalid.push(format!("{e:#}")),
             Err(other) => return Err(other),

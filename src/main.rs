@@ -1,6 +1,7 @@
 //! `runner`: the command line of losa. It owns the terminal; the libraries never print.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod check_data;
 mod cli;
 mod commands;
 
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Run { recipe, flags }) => commands::run(&recipe, &flags),
-        Some(Command::Check { recipes, layers }) => commands::check(&recipes, &layers),
+        Some(Command::Check { recipes, layers, data }) => commands::check(&recipes, &layers, data),
         Some(Command::Plan { recipe, json, layers }) => commands::plan(&recipe, json, &layers),
         Some(Command::Schema) => commands::schema(),
         None => match &cli.recipe {

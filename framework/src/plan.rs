@@ -103,7 +103,7 @@ pub fn plan(recipe: &Recipe) -> Vec<RunSpec> {
 }
 
 /// The splits a run reads: the training and test splits, and the validation split when set.
-fn splits_read(eval: &EvalConfig) -> Vec<Split> {
+pub fn splits_read(eval: &EvalConfig) -> Vec<Split> {
     let mut splits = vec![eval.train_split, eval.test_split];
     splits.extend(eval.val_split);
     splits.sort();

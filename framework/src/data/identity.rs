@@ -115,6 +115,9 @@ pub fn identity(
             let defaults = serde_json::to_value(SyntheticConfig { tasks: vec![], ..Default::default() })
                 .unwrap_or_default();
             prune_defaults(&mut v, &defaults);
+            if let Value::Object(map) = &mut v {
+                map.insert("renderer".into(), synthetic::RENDERER_VERSION.into());
+            }
             v
         }
         DatasetConfig::Idx(x) => idx_identity(x, hashes)?,

@@ -1,8 +1,29 @@
-//! Datasets: task tables and dataset identity (decoding and batching follow in the data issue).
+//! Datasets: task tables, opening a task's splits (VTAB-1k lists, image folders, IDX files, the
+//! procedural suite), image decoding and preprocessing, batches for the engine, and dataset
+//! identity for run ids.
+//!
+//! Typical use: [`Dataset::open`] a task of a recipe's dataset entry, then build a
+//! [`TrainLoader`] on its training split (decoded once, kept in memory, shuffled per epoch) and
+//! an [`EvalLoader`] on each evaluation split (decoded batch by batch).
 
+mod dataset;
+mod error;
+pub mod folder;
 pub mod identity;
+pub mod idx;
+pub mod image;
+pub mod list;
+mod loader;
+mod seeded;
+mod sprites;
 pub mod synthetic;
 pub mod vtab;
+
+pub use dataset::{Dataset, ImageRef, Sample, SplitData};
+pub use error::DataError;
+pub use image::load_image;
+pub use loader::{Batch, EvalLoader, TrainLoader};
+pub use sprites::{Shape, Sprite};
 
 /// Expands the task names of a recipe list with `select` (several tasks for a group name, none for
 /// an unknown name), in order and without repeats; unknown names become problems at `key[i]`,

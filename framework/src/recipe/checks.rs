@@ -276,12 +276,15 @@ fn check_dataset(c: &mut Checker, at: &[String], dataset: &DatasetConfig) {
     let problems = match dataset {
         DatasetConfig::Vtab1k(v) => vtab::expand(&v.tasks, &tasks_at).err(),
         DatasetConfig::Synthetic(s) => {
-            for (key, v) in [
-                ("image_size", s.image_size),
-                ("train_size", s.train_size),
-                ("val_size", s.val_size),
-                ("test_size", s.test_size),
-            ] {
+            c.at(at, "image_size", s.image_size >= 16, || {
+                format!(
+                    "expected at least 16 pixels (sprites need room to show their shape), found {}",
+                    s.image_size
+                )
+            });
+            for (key, v) in
+                [("train_size", s.train_size), ("val_size", s.val_size), ("test_size", s.test_size)]
+            {
                 c.at(at, key, v > 0, || "expected a positive integer, found 0".into());
             }
             synthetic::expand(&s.tasks, &tasks_at).err()

@@ -156,7 +156,8 @@ impl Default for SyntheticConfig {
     }
 }
 
-/// How images become the backbone's input tensor.
+/// How images become the backbone's input tensor. Every image is first decoded to 8-bit RGB (grey
+/// replicated into three channels, alpha dropped), then resized, then normalised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PreprocessConfig {
