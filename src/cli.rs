@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
+use losa_framework::recipe::{DeviceSpec, Normalize, Pool};
 
 /// Compare ways of adapting pretrained vision transformers (LoSA, LoRA, VPT, full finetuning,
 /// linear probing, ...) on accuracy, trainable parameters, training time and memory.
 #[derive(Debug, Parser)]
-#[command(name = "runner", version, args_conflicts_with_subcommands = true)]
+#[command(name = "runner", version, args_conflicts_with_subcommands = true, args_override_self = true)]
 #[command(
     after_help = "Examples:\n  runner recipes/quickstart.toml\n  runner plan recipes/vtab_all.toml --set 'seeds=[0,1,2]'\n  runner check recipes/*.toml"
 )]
@@ -54,6 +55,64 @@ pub enum Command {
     },
     /// Print the recipe JSON Schema (draft-07), for editor completion and validation.
     Schema,
+    /// Run a backbone over every image in a folder; save pooled features (and logits) as safetensors.
+    Embed(EmbedArgs),
+}
+
+/// Arguments of `runner embed`.
+#[derive(Debug, Clone, Args)]
+pub struct EmbedArgs {
+    /// Checkpoint: timm or HF transformers .safetensors, or Google's .npz (detected from the content).
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    /// Architecture: Ti, S, B, L, H with patch 8/14/16/32 (e.g. B/16), g/14, or custom.
+    #[arg(long, default_value = "B/16")]
+    pub variant: String,
+    /// Token width (overrides the variant's; required with --variant custom, as are the next four).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Number of blocks.
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// MLP hidden width.
+    #[arg(long)]
+    pub mlp_dim: Option<usize>,
+    /// Patch size in pixels.
+    #[arg(long)]
+    pub patch_size: Option<usize>,
+    /// Input size in pixels; images are resized to it (bicubic), the position embedding resampled.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// LayerNorm epsilon of the checkpoint (1e-6 for Google's and timm's ViTs, 1e-12 for HF's).
+    #[arg(long, default_value_t = 1e-6)]
+    pub norm_eps: f64,
+    /// Pooling of the features: token (class token) or mean (patch tokens).
+    #[arg(long, default_value = "token", value_parser = parse_name::<Pool>)]
+    pub pool: Pool,
+    /// Input normalisation: inception (0.5/0.5), imagenet or none.
+    #[arg(long, default_value = "inception", value_parser = parse_name::<Normalize>)]
+    pub normalize: Normalize,
+    /// Folder of images (.jpg, .jpeg, .png), read in file-name order.
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// Output .safetensors file: `features` [N, width], `logits` [N, classes] when the checkpoint
+    /// has a head, and the file names under the metadata key `files`.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+/// Parses a value by its recipe name (the serde name of an enum variant).
+fn parse_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| e.to_string())
 }
 
 /// Settings layered over a recipe file.

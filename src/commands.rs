@@ -3,11 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
+use losa_framework::backbone::load_backbone;
+use losa_framework::embed as embedding;
 use losa_framework::plan::{RunSpec, plan as expand, shard};
-use losa_framework::recipe::{self, LoadOptions, Recipe};
+use losa_framework::recipe::{self, BackboneConfig, LoadOptions, PreprocessConfig, Recipe};
 
 use crate::Failure;
-use crate::cli::{Layers, RunFlags};
+use crate::cli::{EmbedArgs, Layers, RunFlags};
 
 fn load(path: &Path, layers: &Layers) -> Result<Recipe, Failure> {
     let options = LoadOptions { sets: layers.sets.clone(), env: std::env::vars().collect() };
@@ -146,4 +148,35 @@ fn plan_table(recipe: &Recipe, runs: &[RunSpec], runs_dir: &Path) -> String {
         }
     }
     out
+}
+
+/// `runner embed`: pooled features (and logits) of a backbone for a folder of images.
+pub fn embed(args: &EmbedArgs) -> Result<(), Failure> {
+    let mut backbone = BackboneConfig::random(&args.variant, 0);
+    backbone.random_init = None;
+    backbone.weights = Some(args.weights.clone());
+    (backbone.width, backbone.depth, backbone.heads, backbone.mlp_dim, backbone.patch_size) =
+        (args.width, args.depth, args.heads, args.mlp_dim, args.patch_size);
+    backbone.image_size = args.image_size;
+    backbone.norm_eps = args.norm_eps;
+    let files = embedding::image_files(&args.images)?;
+    let device = args.device.open().map_err(|e| anyhow!("{e}"))?;
+    let vit = load_backbone(&backbone, &device)?;
+    let preprocess = PreprocessConfig { normalize: args.normalize, ..Default::default() };
+    let out = embedding::embed(&vit, &files, &preprocess, args.pool, args.batch_size, &device)?;
+    let extra = [
+        ("weights", args.weights.display().to_string()),
+        ("pool", format!("{:?}", args.pool).to_lowercase()),
+        ("image_size", args.image_size.to_string()),
+        ("normalize", format!("{:?}", args.normalize).to_lowercase()),
+    ];
+    embedding::save(&args.out, &out, &files, &extra)?;
+    let logits = out.logits.as_ref().map(|l| format!(" and logits {:?}", l.dims())).unwrap_or_default();
+    println!(
+        "{} images: features {:?}{logits} written to {}",
+        files.len(),
+        out.features.dims(),
+        args.out.display()
+    );
+    Ok(())
 }

@@ -3,5 +3,6 @@
 
 mod cli;
 mod data;
+mod embed;
 mod recipes;
 mod support;

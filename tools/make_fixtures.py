@@ -16,6 +16,7 @@ that timm (and transformers, for the HF layout) compute for fixed input images:
                              (transformers 5 key names: layers.{i}.attention.q_proj, ...)
 - vit_hf_legacy.safetensors  the same weights under the names of transformers 4 and the hub's
                              checkpoints (encoder.layer.{i}.attention.attention.query, ...)
+- images/*.png               three 32×32 RGB images for `runner embed`
 - reference.safetensors      inputs and outputs (see the `ref[...]` keys below)
 Each .npz is checked by loading it with timm's own npz loader and comparing every parameter with
 the timm model's; the HF file is checked by reloading it with transformers.
@@ -202,6 +203,24 @@ def main():
         with torch.no_grad():
             assert torch.allclose(loaded(pixel_values=images).logits, out.logits, atol=1e-6), \
                 "transformers reads the legacy layout differently"
+
+    # `runner embed` on PNGs already at the model's size (no resampling): timm's features after the
+    # final norm, pooled, and its logits, with inception normalisation (x / 127.5 - 1).
+    from PIL import Image
+    folder = os.path.join(OUT, "images")
+    os.makedirs(folder, exist_ok=True)
+    pixels = np.random.RandomState(1).randint(0, 256, size=(3, SIZE, SIZE, 3), dtype=np.uint8)
+    for name, px in zip(["b.png", "a.png", "c.png"], pixels):
+        Image.fromarray(px).save(os.path.join(folder, name))
+    files = sorted(os.listdir(folder))
+    batch = torch.stack([torch.from_numpy(np.array(Image.open(os.path.join(folder, f)).convert("RGB"))) for f in files])
+    batch = batch.permute(0, 3, 1, 2).float() / 255.0
+    batch = (batch - 0.5) / 0.5
+    with torch.no_grad():
+        tokens = model.forward_features(batch)
+        ref["embed.token"] = tokens[:, 0]
+        ref["embed.mean"] = tokens[:, 1:].mean(1)
+        ref["embed.logits"] = model.forward_head(tokens)
 
     save_file({k: v.contiguous().float() for k, v in ref.items()}, os.path.join(OUT, "reference.safetensors"),
               metadata={"torch": torch.__version__, "timm": timm.__version__,

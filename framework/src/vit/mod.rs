@@ -12,3 +12,6 @@ pub use hooks::{Hooks, LinearSite, NoHooks};
 pub use init::random_weights;
 pub use layers::{Grad, LayerNorm, Linear, softmax};
 pub use model::{Block, Features, Vit, map_tensors};
+
+#[cfg(test)]
+mod tests;
