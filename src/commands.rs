@@ -37,6 +37,11 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
             missing.join("\n  - ")
         )));
     }
+    // Every checkpoint must fit its backbone before anything starts (a mismatch is bad input).
+    for (i, backbone) in recipe.backbones.iter().enumerate().filter(|(_, b)| b.weights.is_some()) {
+        load_backbone(backbone, &candle_core::Device::Cpu)
+            .with_context(|| format!("recipe {}: backbones[{i}]", path.display()))?;
+    }
     let runs_dir = flags.out.clone().unwrap_or_else(|| recipe.runs_dir());
     if !flags.quiet {
         print!("{}", plan_table(&recipe, &runs, &runs_dir));
