@@ -7,6 +7,7 @@ use losa_framework::backbone::load_backbone;
 use losa_framework::embed as embedding;
 use losa_framework::plan::{RunSpec, plan as expand, shard};
 use losa_framework::recipe::{self, BackboneConfig, LoadOptions, PreprocessConfig, Recipe};
+use losa_framework::vit::VitConfig;
 
 use crate::Failure;
 use crate::cli::{EmbedArgs, Layers, RunFlags};
@@ -90,6 +91,14 @@ pub fn plan(path: &Path, json: bool, layers: &Layers) -> Result<(), Failure> {
     let recipe = load(path, layers)?;
     let runs = expand(&recipe);
     if json {
+        let runs: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r)?;
+                v["trainable_params"] = trainable_params(&recipe, r);
+                Ok(v)
+            })
+            .collect::<serde_json::Result<_>>()?;
         let doc = serde_json::json!({
             "recipe": recipe.name,
             "runs_dir": recipe.runs_dir(),
@@ -100,6 +109,23 @@ pub fn plan(path: &Path, json: bool, layers: &Layers) -> Result<(), Failure> {
         print!("{}", plan_table(&recipe, &runs, &recipe.runs_dir()));
     }
     Ok(())
+}
+
+/// A run's trainable parameters in closed form: without the head, of the head, and with it
+/// (null while the class count is unknown, e.g. for an image folder not read yet).
+fn trainable_params(recipe: &Recipe, run: &RunSpec) -> serde_json::Value {
+    let Ok(vit) = VitConfig::from_recipe(&recipe.backbones[run.backbone]) else {
+        return serde_json::Value::Null;
+    };
+    let classes = run.task.classes.unwrap_or(0);
+    let count = losa_adapters::params::count(&recipe.adapters[run.adapter], &vit, classes);
+    let known =
+        |n: usize| if run.task.classes.is_some() { serde_json::json!(n) } else { serde_json::Value::Null };
+    serde_json::json!({
+        "without_head": count.without_head,
+        "head": known(count.head),
+        "with_head": known(count.with_head()),
+    })
 }
 
 /// `runner schema`.

@@ -189,6 +189,13 @@ fn plan_json_lists_every_run_with_its_id_and_config() {
     assert_eq!(runs[0]["task"]["name"], "shape");
     assert_eq!(runs[0]["labels"]["adapter"], "linear_probe");
     assert_eq!(runs[3]["config"]["adapter"], serde_json::json!({"kind": "losa", "token_rank": 4}));
+    // ViT-Ti/16 at 32 px: d = 192, 5 tokens; the shape task has 5 classes.
+    assert_eq!(
+        runs[0]["trainable_params"],
+        serde_json::json!({"without_head": 0, "head": 965, "with_head": 965})
+    );
+    let losa = 12 * ((2 * 192 + 2 * 192 * 8 + 8 + 192) + (2 * 192 + 2 * 5 * 4 + 4));
+    assert_eq!(runs[3]["trainable_params"]["without_head"], losa);
 }
 
 #[test]

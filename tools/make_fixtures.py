@@ -17,6 +17,8 @@ that timm (and transformers, for the HF layout) compute for fixed input images:
 - vit_hf_legacy.safetensors  the same weights under the names of transformers 4 and the hub's
                              checkpoints (encoder.layer.{i}.attention.attention.query, ...)
 - images/*.png               three 32×32 RGB images for `runner embed`
+- peft/                      a PEFT LoRA adapter (qkv, proj and fc2 of every block, rank 4, the head
+                             trained too) on vit_timm.safetensors, with every LoRA weight random
 - reference.safetensors      inputs and outputs (see the `ref[...]` keys below)
 Each .npz is checked by loading it with timm's own npz loader and comparing every parameter with
 the timm model's; the HF file is checked by reloading it with transformers.
@@ -221,6 +223,21 @@ def main():
         ref["embed.token"] = tokens[:, 0]
         ref["embed.mean"] = tokens[:, 1:].mean(1)
         ref["embed.logits"] = model.forward_head(tokens)
+
+    # A real PEFT LoRA adapter on the timm model; its logits are what importing it must reproduce.
+    import peft
+    base = timm_vit(SIZE)
+    base.load_state_dict(sd)
+    lora = peft.LoraConfig(r=4, lora_alpha=6, target_modules=["attn.qkv", "attn.proj", "mlp.fc2"], modules_to_save=["head"],
+                           lora_dropout=0.0)
+    pm = peft.get_peft_model(base, lora).eval()
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                p.copy_(torch.randn_like(p) * 0.3)
+        ref["peft.logits"] = pm(images)
+    pm.save_pretrained(os.path.join(OUT, "peft"))
+    os.remove(os.path.join(OUT, "peft", "README.md")) if os.path.exists(os.path.join(OUT, "peft", "README.md")) else None
 
     save_file({k: v.contiguous().float() for k, v in ref.items()}, os.path.join(OUT, "reference.safetensors"),
               metadata={"torch": torch.__version__, "timm": timm.__version__,

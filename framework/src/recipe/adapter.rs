@@ -168,12 +168,25 @@ adapter_config!(
         mode: VptMode = VptMode::Deep,
         /// Prompt tokens per block (deep) or in total (shallow); at least 1. Default: 10.
         prompts: usize = 10,
+        /// Initial prompts: "xavier" (uniform in ±√(6 / (3·patch² + width)), as VPT's code) or
+        /// "normal" (std 0.02). Default: "xavier".
+        init: PromptInit = PromptInit::Xavier,
         /// Dropout on the prompt tokens during training, in [0, 1). Default: 0.0.
         dropout: f64 = 0.0,
         /// Blocks that receive prompts (deep mode only). Default: "all".
         blocks: Blocks = Blocks::default(),
     }
 );
+
+/// How VPT's prompts start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptInit {
+    /// Uniform in ±√(6 / (3·patch² + width)).
+    Xavier,
+    /// Normal with std 0.02, truncated at ±0.04.
+    Normal,
+}
 
 /// Where VPT inserts prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -248,7 +261,7 @@ adapter_config!(
 );
 
 adapter_config!(
-    /// AdaptFormer: `x + mlp(norm2(x)) + scale·up(relu(down(norm2(x))))` in each selected block.
+    /// AdaptFormer: `x + mlp(norm2(x)) + scale·up(relu(down(x)))` in each selected block.
     AdaptformerConfig, pool = Token ("token"), {
         /// Bottleneck width of each adapter; at most the backbone width. Default: 64.
         bottleneck: usize = 64,

@@ -51,3 +51,18 @@ fn truncated_normal(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// A tensor of Normal(0, std) values, deterministic in `seed` (for tests and benchmarks: candle's
+/// own `randn` draws from an unseeded generator).
+pub fn seeded_normal(
+    shape: impl Into<candle_core::Shape>,
+    std: f64,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor> {
+    let shape = shape.into();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dist = Normal::new(0.0f64, std).expect("a finite, positive standard deviation");
+    let values: Vec<f64> = (0..shape.elem_count()).map(|_| dist.sample(&mut rng)).collect();
+    Tensor::from_vec(values, shape, device)
+}

@@ -9,7 +9,7 @@ pub mod posembed;
 
 pub use config::VitConfig;
 pub use hooks::{Hooks, LinearSite, NoHooks};
-pub use init::random_weights;
+pub use init::{random_weights, seeded_normal};
 pub use layers::{Grad, LayerNorm, Linear, softmax};
 pub use model::{Block, Features, Vit, map_tensors};
 

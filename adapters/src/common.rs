@@ -1,0 +1,154 @@
+//! Pieces every method shares: the classification head, seeded initialisers, seeded dropout.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use losa_framework::recipe::Pool;
+use losa_framework::vit::Vit;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+/// Seeded initialisers: the same seed gives the same start on every machine.
+#[derive(Debug)]
+pub struct Init {
+    rng: ChaCha8Rng,
+    device: Device,
+    dtype: DType,
+}
+
+impl Init {
+    /// Initialisers drawing from `seed`, making variables of `dtype` on `device`.
+    pub fn new(seed: u64, device: &Device, dtype: DType) -> Self {
+        Self { rng: ChaCha8Rng::seed_from_u64(seed), device: device.clone(), dtype }
+    }
+
+    fn var(&self, values: Vec<f64>, shape: impl Into<Shape>) -> Result<Var> {
+        Var::from_tensor(
+            &Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?,
+        )
+    }
+
+    /// All zeros.
+    pub fn zeros(&self, shape: impl Into<Shape>) -> Result<Var> {
+        let shape = shape.into();
+        self.var(vec![0.0; shape.elem_count()], shape)
+    }
+
+    /// All ones.
+    pub fn ones(&self, shape: impl Into<Shape>) -> Result<Var> {
+        let shape = shape.into();
+        self.var(vec![1.0; shape.elem_count()], shape)
+    }
+
+    /// Normal(0, std) truncated at ±2·std (timm's head and embedding init).
+    pub fn trunc_normal(&mut self, shape: impl Into<Shape>, std: f64) -> Result<Var> {
+        let shape = shape.into();
+        let dist = Normal::new(0.0, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let values = (0..shape.elem_count())
+            .map(|_| {
+                loop {
+                    let v: f64 = dist.sample(&mut self.rng);
+                    if v.abs() <= 2.0 * std {
+                        break v;
+                    }
+                }
+            })
+            .collect();
+        self.var(values, shape)
+    }
+
+    /// Uniform(-bound, bound).
+    pub fn uniform(&mut self, shape: impl Into<Shape>, bound: f64) -> Result<Var> {
+        let shape = shape.into();
+        let values = (0..shape.elem_count()).map(|_| self.rng.random_range(-bound..=bound)).collect();
+        self.var(values, shape)
+    }
+
+    /// LeCun normal for a weight with `fan_in` inputs: std 1/√fan_in (truncated at ±2·std).
+    pub fn lecun_normal(&mut self, shape: impl Into<Shape>, fan_in: usize) -> Result<Var> {
+        self.trunc_normal(shape, 1.0 / (fan_in as f64).sqrt())
+    }
+
+    /// PyTorch's default Linear weight init (kaiming uniform with a = √5): U(±1/√fan_in).
+    pub fn kaiming_uniform(&mut self, shape: impl Into<Shape>, fan_in: usize) -> Result<Var> {
+        self.uniform(shape, 1.0 / (fan_in as f64).sqrt())
+    }
+
+    /// A seed for a method's own random stream (dropout), drawn from this one.
+    pub fn fork(&mut self) -> u64 {
+        self.rng.random()
+    }
+}
+
+/// A fresh linear classifier on pooled features.
+#[derive(Debug)]
+pub struct Head {
+    /// [classes, width].
+    pub weight: Var,
+    /// [classes].
+    pub bias: Var,
+    /// How the tokens are pooled.
+    pub pool: Pool,
+}
+
+impl Head {
+    /// A head for `classes` classes on features of `width`: weights truncated normal (std 0.02),
+    /// bias zero.
+    pub fn new(init: &mut Init, width: usize, classes: usize, pool: Pool) -> Result<Self> {
+        Ok(Self { weight: init.trunc_normal((classes, width), 0.02)?, bias: init.zeros(classes)?, pool })
+    }
+
+    /// Logits for normed tokens [batch, tokens, width].
+    pub fn forward(&self, vit: &Vit, tokens: &Tensor) -> Result<Tensor> {
+        let pooled = vit.pool(tokens, self.pool)?.to_dtype(self.weight.dtype())?;
+        pooled.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())
+    }
+
+    /// The head's variables, named `head.weight` and `head.bias` as in timm.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        vec![("head.weight".into(), self.weight.clone()), ("head.bias".into(), self.bias.clone())]
+    }
+}
+
+/// Dropout with its own seeded stream, so a run's masks depend only on its seed.
+#[derive(Debug)]
+pub struct Dropout {
+    p: f64,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl Dropout {
+    /// Drops with probability `p` during training.
+    pub fn new(p: f64, seed: u64) -> Self {
+        Self { p, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) }
+    }
+
+    /// `x` with elements zeroed with probability p and the rest scaled by 1/(1-p), when training.
+    pub fn apply(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let mask: Vec<f32> = {
+            let mut rng =
+                self.rng.lock().map_err(|_| candle_core::Error::Msg("dropout stream poisoned".into()))?;
+            (0..x.elem_count())
+                .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// Applies an activation by name.
+pub fn activate(x: &Tensor, activation: losa_framework::recipe::Activation) -> Result<Tensor> {
+    use losa_framework::recipe::Activation::*;
+    match activation {
+        Gelu => x.gelu_erf(),
+        Relu => x.relu(),
+        Silu => x.silu(),
+        Identity => Ok(x.clone()),
+    }
+}

@@ -1,0 +1,187 @@
+//! LoSA (Mercea et al., CVPR 2024): a side network refines the frozen backbone's block outputs
+//! `b_1..b_L`: `y_0 = b_L`, `y_i = y_{i-1} + g_i(b_i + y_{i-1})` for every block i that feeds it,
+//! and the head reads `y_L` through the backbone's final norm. The backbone runs forward only and
+//! its outputs are detached: no gradient ever reaches it, and its outputs can be cached.
+//!
+//! Each `g_i` is a low-rank mixer (the paper leaves its internals open; these are the defaults of
+//! ../shared/REFERENCE.md §1): `H = Z`, then for each mixer in order `H = H + Mix(H)`, and `g(Z) = H − Z`;
+//! `ChannelMix(X) = act(LN(X)·Wdᵀ + bd)·Wuᵀ + bu` over the width (d → r → d) and
+//! `TokenMix(X) = (act(LN(X)ᵀ·Wdᵀ + bd)·Wuᵀ)ᵀ` over the tokens (n → r_t → n). The token mixer's
+//! up-projection has no bias: it would add one constant to every channel of a token, which the
+//! LayerNorm over channels that reads the stream next (a mixer's or the head's) removes — a
+//! parameter without effect (a finite-difference test found its gradient exactly zero).
+//! Down-projections are LeCun normal, up-projections zero, so `g ≡ 0` and training starts as a
+//! linear probe.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Result, Tensor, Var};
+use losa_framework::adaptation::{Adaptation, BackboneUse, Taps, compute_taps};
+use losa_framework::recipe::{Activation, LosaConfig, Mixer, MixerNorm};
+use losa_framework::vit::{Grad, LayerNorm, Vit};
+
+use crate::common::{Dropout, Head, Init, activate};
+
+/// One low-rank MLP of a mixer, with its input norm.
+#[derive(Debug)]
+pub struct LowRank {
+    /// Which axis it mixes.
+    pub axis: Mixer,
+    /// LayerNorm scale and shift over the width, when the recipe asks for a norm.
+    pub norm: Option<(Var, Var)>,
+    /// [rank, size]: size = width (channel) or tokens (token).
+    pub down: Var,
+    /// [rank].
+    pub down_bias: Var,
+    /// [size, rank], zero at the start.
+    pub up: Var,
+    /// [size], zero at the start; channel mixers only (see the module docs).
+    pub up_bias: Option<Var>,
+}
+
+/// LoSA's side network and head.
+#[derive(Debug)]
+pub struct Losa {
+    /// The mixer g_i of each feeding block i (0-based), its low-rank MLPs in order.
+    pub mixers: BTreeMap<usize, Vec<LowRank>>,
+    activation: Activation,
+    dropout: Dropout,
+    depth: usize,
+    /// The classifier on the final norm of y_L.
+    pub head: Head,
+}
+
+impl Losa {
+    /// LoSA as the recipe configures it, for `vit`.
+    pub fn new(config: &LosaConfig, vit: &Vit, head: Head, init: &mut Init) -> Result<Self> {
+        let d = vit.config.shape.width;
+        let n = vit.config.num_tokens();
+        let mut mixers = BTreeMap::new();
+        for block in config.blocks.indices(vit.config.shape.depth) {
+            let mut parts = Vec::new();
+            for &axis in &config.mixers {
+                let (size, rank) = match axis {
+                    Mixer::Channel => (d, config.channel_rank),
+                    Mixer::Token => (n, config.token_rank),
+                };
+                let norm = match config.norm {
+                    MixerNorm::LayerNorm => Some((init.ones(d)?, init.zeros(d)?)),
+                    MixerNorm::None => None,
+                };
+                parts.push(LowRank {
+                    axis,
+                    norm,
+                    down: init.lecun_normal((rank, size), size)?,
+                    down_bias: init.zeros(rank)?,
+                    up: init.zeros((size, rank))?,
+                    up_bias: (axis == Mixer::Channel).then(|| init.zeros(size)).transpose()?,
+                });
+            }
+            mixers.insert(block, parts);
+        }
+        let dropout = Dropout::new(config.dropout, init.fork());
+        Ok(Self { mixers, activation: config.activation, dropout, depth: vit.config.shape.depth, head })
+    }
+
+    /// `g_i(z)` for the mixers of one block.
+    fn mix(&self, parts: &[LowRank], z: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+        let mut h = z.clone();
+        for p in parts {
+            let x = match &p.norm {
+                Some((w, b)) => LayerNorm { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), eps }
+                    .forward(&h, Grad::Through)?,
+                None => h.clone(),
+            };
+            // Token mixing works on the transposed sequence: [batch, width, tokens].
+            let x = match p.axis {
+                Mixer::Channel => x,
+                Mixer::Token => x.transpose(1, 2)?,
+            };
+            let a = x.broadcast_matmul(&p.down.as_tensor().t()?)?.broadcast_add(p.down_bias.as_tensor())?;
+            let a = self.dropout.apply(&activate(&a, self.activation)?, train)?;
+            let mut y = a.broadcast_matmul(&p.up.as_tensor().t()?)?;
+            if let Some(bias) = &p.up_bias {
+                y = y.broadcast_add(bias.as_tensor())?;
+            }
+            let y = match p.axis {
+                Mixer::Channel => y,
+                Mixer::Token => y.transpose(1, 2)?,
+            };
+            h = (h + y)?;
+        }
+        h - z
+    }
+}
+
+impl Adaptation for Losa {
+    fn kind(&self) -> &'static str {
+        "losa"
+    }
+
+    fn backbone_use(&self) -> BackboneUse {
+        BackboneUse::Frozen
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        let mut vars = Vec::new();
+        for (block, parts) in &self.mixers {
+            for p in parts {
+                let axis = match p.axis {
+                    Mixer::Channel => "channel",
+                    Mixer::Token => "token",
+                };
+                let n = format!("losa.blocks.{block}.{axis}");
+                if let Some((w, b)) = &p.norm {
+                    vars.push((format!("{n}.norm.weight"), w.clone()));
+                    vars.push((format!("{n}.norm.bias"), b.clone()));
+                }
+                vars.push((format!("{n}.down.weight"), p.down.clone()));
+                vars.push((format!("{n}.down.bias"), p.down_bias.clone()));
+                vars.push((format!("{n}.up.weight"), p.up.clone()));
+                if let Some(bias) = &p.up_bias {
+                    vars.push((format!("{n}.up.bias"), bias.clone()));
+                }
+            }
+        }
+        vars.extend(self.head.vars());
+        vars
+    }
+
+    /// The feeding blocks and the last block (whose output is `y_0`).
+    fn taps(&self) -> Vec<usize> {
+        let mut taps: Vec<usize> = self.mixers.keys().copied().chain([self.depth - 1]).collect();
+        taps.sort_unstable();
+        taps.dedup();
+        taps
+    }
+
+    fn forward(&self, vit: &Vit, images: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_taps(vit, &compute_taps(vit, images, &self.taps())?, train)
+    }
+
+    fn forward_taps(&self, vit: &Vit, taps: &Taps, train: bool) -> Result<Tensor> {
+        let dtype = self.head.weight.dtype();
+        let order = self.taps();
+        let block = |i: usize| -> Result<Tensor> {
+            let at = order
+                .iter()
+                .position(|&t| t == i)
+                .ok_or_else(|| candle_core::Error::Msg(format!("block {i} not tapped")))?;
+            taps.blocks[at].to_dtype(dtype)
+        };
+        let mut y = block(self.depth - 1)?;
+        for (&i, parts) in &self.mixers {
+            let z = (block(i)? + &y)?;
+            y = (y + self.mix(parts, &z, vit.config.norm_eps, train)?)?;
+        }
+        // The backbone's final norm (frozen, but differentiable in y) then the head, so that with
+        // g ≡ 0 this is exactly the linear probe on the backbone's final features.
+        // Detached: the norm's parameters are the backbone's and must get no gradient.
+        let norm = LayerNorm {
+            weight: vit.norm.weight.detach().to_dtype(dtype)?,
+            bias: vit.norm.bias.detach().to_dtype(dtype)?,
+            eps: vit.norm.eps,
+        };
+        self.head.forward(vit, &norm.forward(&y, Grad::Through)?)
+    }
+}
