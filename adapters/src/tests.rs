@@ -318,3 +318,26 @@ fn adapter_weights_save_only_what_was_trained_and_load_back_to_the_same_outputs(
         "{err}"
     );
 }
+
+#[test]
+fn a_fully_finetuned_backbone_saves_as_a_timm_checkpoint() {
+    let vit = backbone(DType::F32);
+    let method = build(&AdapterConfig::Full(Default::default()), &vit, 3, 1, DType::F32).unwrap();
+    randomise(method.as_ref());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pretrained.safetensors");
+    save_adapter(method.as_ref(), &path, HashMap::new()).unwrap();
+    let ckpt = losa_framework::checkpoint::read(&path).unwrap();
+    assert_eq!(ckpt.format, losa_framework::checkpoint::Format::Timm);
+    let reloaded = ckpt.into_vit(tiny_config(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(reloaded.config.num_classes, Some(3), "the trained head comes along");
+    let images = seeded_normal((2, 3, 8, 8), 1.0, 9, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let tokens = reloaded
+        .forward(&images, &losa_framework::vit::NoHooks, losa_framework::vit::Grad::Frozen, false)
+        .unwrap()
+        .tokens;
+    let logits = reloaded.logits(&reloaded.pool(&tokens, Pool::Token).unwrap()).unwrap().unwrap();
+    let direct = method.forward(&vit, &images, false).unwrap();
+    let diff = (logits - direct).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5, "{diff}");
+}
