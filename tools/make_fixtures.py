@@ -20,6 +20,7 @@ that timm (and transformers, for the HF layout) compute for fixed input images:
 - peft/                      a PEFT LoRA adapter (qkv, proj and fc2 of every block, rank 4, the head
                              trained too) on vit_timm.safetensors, with every LoRA weight random
 - reference.safetensors      inputs and outputs (see the `ref[...]` keys below)
+- ../optim.json              PyTorch's AdamW and SGD trajectories (also alone: OPTIM_ONLY=1)
 Each .npz is checked by loading it with timm's own npz loader and comparing every parameter with
 the timm model's; the HF file is checked by reloading it with transformers.
 """
@@ -242,9 +243,47 @@ def main():
     save_file({k: v.contiguous().float() for k, v in ref.items()}, os.path.join(OUT, "reference.safetensors"),
               metadata={"torch": torch.__version__, "timm": timm.__version__,
                         "transformers": transformers.__version__, "script": "tools/make_fixtures.py"})
+    optimizer_fixture()
     for f in sorted(os.listdir(OUT)):
         print(f"{f:28s} {os.path.getsize(os.path.join(OUT, f)):>8d} bytes", file=sys.stderr)
 
 
+
+
+def optimizer_fixture():
+    """framework/fixtures/optim.json: PyTorch's AdamW and SGD trajectories on fixed gradients,
+    with one decayed and one undecayed parameter, a changing learning rate and gradient clipping."""
+    import json
+    out = {}
+    grads = [[[0.3 * (i + 1) * (-1) ** j for j in range(6)], [0.5 - 0.2 * i, 0.1 * i, -0.7]] for i in range(5)]
+    lrs = [0.02, 0.05, 0.1, 0.07, 0.01]
+    for name, make in [
+        ("adamw", lambda groups: torch.optim.AdamW(groups, lr=lrs[0], betas=(0.9, 0.999), eps=1e-8)),
+        ("sgd", lambda groups: torch.optim.SGD(groups, lr=lrs[0], momentum=0.9)),
+    ]:
+        for clip in [None, 1.0]:
+            w = torch.nn.Parameter(torch.tensor([[0.5, -1.0, 2.0], [0.1, 0.2, -0.3]], dtype=torch.float64))
+            b = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+            opt = make([{"params": [w], "weight_decay": 0.05}, {"params": [b], "weight_decay": 0.0}])
+            steps = []
+            for g, lr in zip(grads, lrs):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                w.grad = torch.tensor(g[0], dtype=torch.float64).reshape(2, 3)
+                b.grad = torch.tensor(g[1], dtype=torch.float64)
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_([w, b], clip)
+                opt.step()
+                steps.append({"w": w.detach().flatten().tolist(), "b": b.detach().tolist()})
+            out[f"{name}{'_clip' if clip else ''}"] = {"steps": steps}
+    out["grads"] = grads
+    out["lrs"] = lrs
+    out["init"] = {"w": [0.5, -1.0, 2.0, 0.1, 0.2, -0.3], "b": [1.0, -2.0, 0.5]}
+    out["note"] = "torch " + torch.__version__ + "; weight_decay 0.05 on w only; tools/make_fixtures.py"
+    path = os.path.join(OUT, "..", "optim.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+
+
 if __name__ == "__main__":
-    main()
+    optimizer_fixture() if os.environ.get("OPTIM_ONLY") else main()

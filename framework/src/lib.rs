@@ -7,6 +7,7 @@ pub mod canonical;
 pub mod checkpoint;
 pub mod data;
 pub mod embed;
+pub mod engine;
 pub mod plan;
 pub mod recipe;
 pub mod vit;

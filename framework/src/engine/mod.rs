@@ -1,0 +1,5 @@
+//! Training: optimisers and the learning-rate schedule (the training loop follows in the engine
+//! issue).
+
+pub mod optim;
+pub mod schedule;
