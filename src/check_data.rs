@@ -50,6 +50,10 @@ pub fn check(recipe: &Recipe) -> Result<Vec<String>, String> {
     if problems.is_empty() {
         return Ok(ok);
     }
+    // Tasks of one entry share their root: a missing root is one problem, not one per task.
+    let mut seen = std::collections::HashSet::new();
+    let problems: Vec<String> =
+        problems.iter().map(ToString::to_string).filter(|p| seen.insert(p.clone())).collect();
     let mut text = format!("the data has {} problem(s):", problems.len());
     for p in problems.iter().take(LISTED) {
         text.push_str(&format!("\n  - {p}"));

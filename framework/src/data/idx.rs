@@ -45,6 +45,10 @@ impl IdxImages {
 /// Reads an IDX file of `[N, H, W]` unsigned bytes.
 pub fn read_images(path: &Path) -> Result<IdxImages, DataError> {
     let (dims, pixels) = read_idx(path, 3, "images [count, height, width]")?;
+    if dims[1] == 0 || dims[2] == 0 {
+        let message = format!("images are {}×{} pixels: nothing to learn from", dims[1], dims[2]);
+        return Err(DataError::BadIdx { path: path.to_owned(), message });
+    }
     Ok(IdxImages { path: path.to_owned(), height: dims[1], width: dims[2], pixels })
 }
 

@@ -93,6 +93,7 @@ fn malformed_files_are_named_with_what_is_wrong() {
         ),
         ([head(&[2, 2, 2]), vec![0; 9]].concat(), "too long: the header [2, 2, 2] needs 8 bytes".into()),
         (head(&[0, 2, 2]), "IDX file holds no items".into()),
+        (head(&[3, 0, 5]), "images are 0×5 pixels".into()),
         (vec![0x1f, 0x8b, 8, 0, 1, 2], "cannot decompress gzip".into()),
     ] {
         let e = error(&bytes);

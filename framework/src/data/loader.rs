@@ -8,11 +8,10 @@
 //! crop), so that crops keep detail from a larger image without re-reading files every epoch.
 
 use candle_core::{Device, Tensor};
-use image::imageops;
-use image::{ImageBuffer, Rgb, RgbImage};
+use image::{RgbImage, imageops};
 use rayon::prelude::*;
 
-use super::image::{Pipeline, filter, resize};
+use super::image::{Pipeline, resize, resize_region};
 use super::seeded::{Purpose, Stream, permutation};
 use super::{DataError, Dataset, Sample, SplitData};
 use crate::recipe::AugmentConfig;
@@ -82,7 +81,8 @@ impl TrainLoader {
             let side = (pipeline.image_size() * 8).div_ceil(7);
             let mut pixels = vec![0u8; split.len() * side * side * 3];
             let errors = decode_each(&mut pixels, side * side * 3, &split.samples, |image, out| {
-                out.copy_from_slice(resize(&image, pipeline.preprocess(), side).as_raw());
+                out.copy_from_slice(resize(&image, pipeline.preprocess(), side)?.as_raw());
+                Ok(())
             });
             DataError::collect(errors)?;
             Cache::Originals { side, pixels }
@@ -168,9 +168,21 @@ impl TrainLoader {
         let per = self.pipeline.values();
         let side = self.pipeline.image_size();
         let mut pixels = vec![0f32; ids.len() * per];
-        pixels.par_chunks_mut(per).zip(ids.par_iter().zip(augments)).for_each(|(out, (&i, aug))| match &self
-            .cache
-        {
+        let errors: Vec<DataError> = pixels
+            .par_chunks_mut(per)
+            .zip(ids.par_iter().zip(augments))
+            .filter_map(|(out, (&i, aug))| self.augmented(i, aug, out).err())
+            .collect();
+        DataError::collect(errors)?;
+        let labels = ids.iter().map(|&i| self.labels[i]).collect();
+        batch(pixels, labels, side, &self.device)
+    }
+
+    /// Writes image `i` of the cache, augmented by `aug`, as network input into `out`.
+    fn augmented(&self, i: usize, aug: &Augment, out: &mut [f32]) -> Result<(), DataError> {
+        let per = out.len();
+        let side = self.pipeline.image_size();
+        match &self.cache {
             Cache::Inputs(inputs) => {
                 let src = &inputs[i * per..(i + 1) * per];
                 if aug.flip {
@@ -181,27 +193,20 @@ impl TrainLoader {
                     out.copy_from_slice(src);
                 }
             }
-            Cache::Originals { side: big, pixels: bytes } => {
+            Cache::Originals { side: big, pixels } => {
                 let n = big * big * 3;
-                let view = ImageBuffer::<Rgb<u8>, &[u8]>::from_raw(
-                    *big as u32,
-                    *big as u32,
-                    &bytes[i * n..(i + 1) * n],
-                )
-                .expect("a cached image holds side² RGB pixels");
-                let (x, y, w, h) = aug.crop.unwrap_or((0, 0, *big as u32, *big as u32));
-                let crop = imageops::crop_imm(&view, x, y, w, h);
-                let size = side as u32;
-                let mut image: RgbImage =
-                    imageops::resize(&*crop, size, size, filter(self.pipeline.preprocess().interpolation));
+                let big = *big as u32;
+                let size = (side as u32, side as u32);
+                let interpolation = self.pipeline.preprocess().interpolation;
+                let mut image =
+                    resize_region(&pixels[i * n..(i + 1) * n], (big, big), aug.crop, size, interpolation)?;
                 if aug.flip {
                     imageops::flip_horizontal_in_place(&mut image);
                 }
                 self.pipeline.normalise(&image, out);
             }
-        });
-        let labels = ids.iter().map(|&i| self.labels[i]).collect();
-        batch(pixels, labels, side, &self.device)
+        }
+        Ok(())
     }
 }
 
@@ -210,17 +215,11 @@ fn decode_each<T: Send>(
     out: &mut [T],
     per: usize,
     samples: &[Sample],
-    write: impl Fn(RgbImage, &mut [T]) + Sync,
+    write: impl Fn(RgbImage, &mut [T]) -> Result<(), DataError> + Sync,
 ) -> Vec<DataError> {
     out.par_chunks_mut(per)
         .zip(samples.par_iter())
-        .filter_map(|(chunk, sample)| match sample.image.decode() {
-            Ok(image) => {
-                write(image, chunk);
-                None
-            }
-            Err(e) => Some(e),
-        })
+        .filter_map(|(chunk, sample)| sample.image.decode().and_then(|image| write(image, chunk)).err())
         .collect()
 }
 

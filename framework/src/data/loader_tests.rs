@@ -58,7 +58,7 @@ fn cached_inputs_are_the_pipeline_applied_to_each_image() {
     let first = l.sequential().next().unwrap().unwrap();
     let pipeline = data.pipeline();
     let mut expected = vec![0.0; pipeline.values()];
-    pipeline.prepare(&split.samples[1].image.decode().unwrap(), &mut expected);
+    pipeline.prepare(&split.samples[1].image.decode().unwrap(), &mut expected).unwrap();
     assert_eq!(images(&first)[pipeline.values()..2 * pipeline.values()], expected[..]);
     assert!(expected.iter().all(|v| (-1.0..=1.0).contains(v)) && expected.iter().any(|&v| v > 0.0));
     let eval = EvalLoader::new(&data, split, 4, &Device::Cpu).unwrap();

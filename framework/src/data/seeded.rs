@@ -67,6 +67,11 @@ impl Stream {
         lo + (hi - lo) * self.unit()
     }
 
+    /// Fills `out` with random bytes (the stream's next bytes, in order).
+    pub(crate) fn fill(&mut self, out: &mut [u8]) {
+        self.0.fill_bytes(out);
+    }
+
     /// Shuffles `items` in place (Fisher–Yates).
     pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {

@@ -202,10 +202,14 @@ impl SyntheticImage {
     pub fn render(&self) -> RgbImage {
         let mut scene = self.scene();
         let level = 16 + scene.stream.index(48) as i32;
-        let mut image = RgbImage::from_fn(self.size, self.size, |_, _| {
-            let grey = (level + scene.stream.index(21) as i32 - 10).clamp(0, 255) as u8;
-            Rgb([grey; 3])
-        });
+        // Grain of ±10 grey levels, one random byte per pixel.
+        let mut grain = vec![0u8; (self.size * self.size) as usize];
+        scene.stream.fill(&mut grain);
+        let mut image = RgbImage::new(self.size, self.size);
+        for (pixel, g) in image.pixels_mut().zip(grain) {
+            let grey = (level + ((i32::from(g) * 21) >> 8) - 10).clamp(0, 255) as u8;
+            *pixel = Rgb([grey; 3]);
+        }
         for sprite in &scene.sprites {
             sprite.draw(&mut image);
         }
