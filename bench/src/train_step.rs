@@ -1,0 +1,214 @@
+//! Train-step benchmark: per method, the median time of one optimisation step (forward, loss,
+//! backward, AdamW), images/s, peak memory and the frozen forward's latency, on a random ViT.
+//! `bench/torch_reference.py` measures the same with PyTorch; `bench/run_train_step.sh` runs both
+//! on one machine and prints the ratios side by side. Results: bench/RESULTS.md.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use losa_framework::adaptation::compute_taps;
+use losa_framework::backbone::backbone_dtype;
+use losa_framework::engine::{loss::cross_entropy, memory, optim::Optimizer};
+use losa_framework::recipe::{
+    AdapterConfig, BackboneDtype, DeviceSpec, LoraConfig, LoraTarget, TrainConfig, VitShape, parse_variant,
+};
+use losa_framework::vit::{Grad, NoHooks, Vit, VitConfig, map_tensors, random_weights, seeded_normal};
+
+struct Args {
+    shape: VitShape,
+    image_size: usize,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    device: DeviceSpec,
+    methods: Vec<String>,
+    json: Option<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        shape: parse_variant("B/16")?,
+        image_size: 224,
+        batch: 64,
+        steps: 10,
+        warmup: 3,
+        device: DeviceSpec::Auto,
+        methods: ["forward", "linear_probe", "full", "lora", "vpt", "losa", "losa_cached"]
+            .map(String::from)
+            .to_vec(),
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--variant" => args.shape = parse_variant(&value()?)?,
+            "--patch-size" => args.shape.patch_size = number(value()?)?,
+            "--image-size" => args.image_size = number(value()?)?,
+            "--batch" => args.batch = number(value()?)?,
+            "--steps" => args.steps = number(value()?)?,
+            "--warmup" => args.warmup = number(value()?)?,
+            "--device" => args.device = value()?.parse()?,
+            "--methods" => args.methods = value()?.split(',').map(String::from).collect(),
+            "--json" => args.json = Some(value()?),
+            "--help" | "-h" => {
+                return Err("usage: train_step [--variant B/16] [--patch-size P] [--image-size 224] [--batch 64] \
+                     [--steps 10] [--warmup 3] [--device auto|cpu|cuda:N] [--methods forward,linear_probe,full,lora,vpt,losa,losa_cached] [--json FILE]"
+                    .into());
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// The methods in the configurations of REFERENCE.md §5: LoRA r = 8 on qkv, VPT-deep with 10
+/// prompts, LoSA r = r_t = 8 with the default mixer.
+fn adapter(name: &str) -> Option<AdapterConfig> {
+    let base = name.trim_end_matches("_cached");
+    Some(match base {
+        "linear_probe" => AdapterConfig::LinearProbe(Default::default()),
+        "full" => AdapterConfig::Full(Default::default()),
+        "lora" => AdapterConfig::Lora(LoraConfig {
+            rank: 8,
+            alpha: 8.0,
+            targets: vec![LoraTarget::Qkv],
+            ..Default::default()
+        }),
+        "vpt" => AdapterConfig::Vpt(Default::default()),
+        "losa" => AdapterConfig::Losa(Default::default()),
+        "bitfit" => AdapterConfig::Bitfit(Default::default()),
+        "adaptformer" => AdapterConfig::Adaptformer(Default::default()),
+        _ => return None,
+    })
+}
+
+fn sync(device: &Device) -> candle_core::Result<()> {
+    device.synchronize()
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Median seconds of `f` over `steps` runs after `warmup` runs.
+fn time(
+    device: &Device,
+    warmup: usize,
+    steps: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    sync(device)?;
+    let mut times = Vec::new();
+    for _ in 0..steps {
+        let start = Instant::now();
+        f()?;
+        sync(device)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+fn run() -> Result<(), String> {
+    let args = parse()?;
+    let device = args.device.open().map_err(|e| e.to_string())?;
+    let dtype = backbone_dtype(BackboneDtype::Auto, &device);
+    let config = VitConfig {
+        shape: args.shape,
+        image_size: args.image_size,
+        norm_eps: 1e-6,
+        num_classes: None,
+        pre_logits: None,
+    };
+    config.check()?;
+    let e = |e: candle_core::Error| e.to_string();
+    let weights =
+        map_tensors(random_weights(&config, 0, &device).map_err(e)?, |t| t.to_dtype(dtype)).map_err(e)?;
+    let vit = Vit::new(config, &weights).map_err(e)?;
+    let (b, s, classes) = (args.batch, args.image_size, 100);
+    let images = seeded_normal((b, 3, s, s), 1.0, 1, &device).map_err(e)?.to_dtype(dtype).map_err(e)?;
+    let labels = Tensor::from_vec((0..b as u32).map(|i| i % classes as u32).collect::<Vec<_>>(), b, &device)
+        .map_err(e)?;
+    let train = TrainConfig::default();
+    println!(
+        "# losa train step: ViT width {} depth {} patch {} at {} px, batch {}, {} on {:?}, median of {} steps",
+        args.shape.width,
+        args.shape.depth,
+        args.shape.patch_size,
+        s,
+        b,
+        format!("{dtype:?}").to_lowercase(),
+        device,
+        args.steps
+    );
+    println!("{:<14} {:>10} {:>10} {:>12} {:>14}", "method", "step ms", "images/s", "peak MiB", "trainable");
+    let mut rows = Vec::new();
+    for name in &args.methods {
+        memory::reset_peak();
+        let base = memory::current_rss().unwrap_or(0);
+        let (seconds, trainable) = if name == "forward" {
+            let t = time(&device, args.warmup, args.steps, || {
+                vit.forward(&images, &NoHooks, Grad::Frozen, false).map(|_| ())
+            })
+            .map_err(e)?;
+            (t, 0)
+        } else {
+            let config = adapter(name).ok_or(format!("unknown method {name}"))?;
+            let method = losa_adapters::build(&config, &vit, classes, 0, DType::F32).map_err(e)?;
+            let vars = method.trainable();
+            let trainable: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+            let mut opt = Optimizer::new(&train, vars);
+            let cached = name.ends_with("_cached");
+            let taps =
+                if cached { Some(compute_taps(&vit, &images, &method.taps()).map_err(e)?) } else { None };
+            let t = time(&device, args.warmup, args.steps, || {
+                let logits = match &taps {
+                    Some(taps) => method.forward_taps(&vit, taps, true)?,
+                    None => method.forward(&vit, &images, true)?,
+                };
+                let grads = cross_entropy(&logits, &labels, 0.0)?.backward()?;
+                opt.step(&grads, 1e-4).map(|_| ())
+            })
+            .map_err(e)?;
+            (t, trainable)
+        };
+        // On the CPU: the process's peak resident set during this method above the resident set
+        // before it (weights, images and earlier results included in the base).
+        let peak = memory::peak_rss().map(|p| p.saturating_sub(base)).unwrap_or(0);
+        println!(
+            "{:<14} {:>10.1} {:>10.1} {:>12.1} {:>14}",
+            name,
+            seconds * 1e3,
+            b as f64 / seconds,
+            peak as f64 / (1u64 << 20) as f64,
+            trainable
+        );
+        rows.push(serde_json::json!({"method": name, "step_ms": seconds * 1e3, "images_per_s": b as f64 / seconds, "peak_bytes": peak, "trainable": trainable}));
+    }
+    if let Some(path) = args.json {
+        let doc = serde_json::json!({
+            "tool": "losa", "device": format!("{device:?}"), "dtype": format!("{dtype:?}"),
+            "width": args.shape.width, "depth": args.shape.depth, "patch": args.shape.patch_size,
+            "image_size": s, "batch": b, "steps": args.steps, "rows": rows,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap_or_default())
+            .map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
