@@ -1,4 +1,5 @@
-//! The losa framework: recipes, plans and run identity, the ViT backbone and its checkpoints (data and engine follow).
+//! The losa framework: recipes, plans and run identity, datasets, the ViT backbone and its
+//! checkpoints, run records and the runs folder (the engine follows).
 #![warn(missing_docs)]
 
 pub mod backbone;
@@ -8,4 +9,6 @@ pub mod data;
 pub mod embed;
 pub mod plan;
 pub mod recipe;
+pub mod record;
+pub mod store;
 pub mod vit;
