@@ -111,7 +111,8 @@ impl Report {
         others.dedup();
         methods.extend(others);
         methods.retain(|m| records.iter().any(|r| record_name(r) == *m));
-        methods.dedup();
+        // Two recipe entries may name the same row or task: keep each once, in first place.
+        let methods = distinct(methods.into_iter());
         let mut other_tasks: Vec<&str> = records
             .iter()
             .map(|r| r.labels.task.as_str())
@@ -122,7 +123,7 @@ impl Report {
         other_tasks.dedup();
         tasks.extend(other_tasks.into_iter().map(str::to_owned));
         tasks.retain(|t| records.iter().any(|r| r.labels.task == *t));
-        tasks.dedup();
+        let tasks = distinct(tasks.into_iter());
         let position = |list: &[String], v: &str| list.iter().position(|x| x == v).unwrap_or(usize::MAX);
         records.sort_by_key(|r| {
             (position(&methods, &record_name(r)), position(&tasks, &r.labels.task), r.labels.seed)

@@ -48,9 +48,11 @@ fn without_a_recipe_methods_sort_by_name_and_vtab_tasks_by_group() {
 fn a_recipe_gives_the_order_title_and_description() {
     let text = "name = \"cmp\"\ndescription = \"why\"\n[[backbones]]\nvariant = \"B/16\"\nrandom_init = 0\n\
                 [[adapters]]\nkind = \"losa\"\n[[adapters]]\nkind = \"linear_probe\"\n[[adapters]]\nkind = \"full\"\n\
-                [[datasets]]\nkind = \"vtab1k\"\nroot = \"v\"\ntasks = [\"eurosat\", \"cifar100\"]\n";
+                [[datasets]]\nkind = \"vtab1k\"\nroot = \"v\"\ntasks = [\"eurosat\", \"cifar100\"]\n\
+                [[datasets]]\nkind = \"vtab1k\"\nroot = \"w\"\ntasks = [\"eurosat\"]\n";
     let report = Report::new(records(), Some(saved(text)), None).unwrap();
-    // `full` has no records and no row; `shape` is not in the recipe and comes last.
+    // `full` has no records and no row; eurosat (twice in the recipe) is one column; `shape` is not
+    // in the recipe and comes last.
     assert_eq!(order(&report), (vec!["losa", "linear_probe"], vec!["eurosat", "cifar", "shape"]));
     assert_eq!((report.title.as_str(), report.description.as_str()), ("cmp", "why"));
     let titled = saved(&format!("{text}[report]\ntitle = \"Mine\"\n"));
