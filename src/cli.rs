@@ -55,6 +55,19 @@ pub enum Command {
     },
     /// Print the recipe JSON Schema (draft-07), for editor completion and validation.
     Schema,
+    /// Rebuild the report of a runs folder from its run records (nothing is trained): report.html,
+    /// results.csv, results.parquet and summary.md.
+    Report {
+        /// The runs folder of a recipe, e.g. runs/my-comparison.
+        runs: PathBuf,
+        /// Output folder (default: <runs folder>/report).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Published results (CSV) to show beside the runs; default: the saved recipe's
+        /// report.published, if any.
+        #[arg(long, value_name = "FILE")]
+        published: Option<PathBuf>,
+    },
     /// Run a backbone over every image in a folder; save pooled features (and logits) as safetensors.
     Embed(EmbedArgs),
 }

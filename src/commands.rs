@@ -134,6 +134,16 @@ pub fn schema() -> Result<(), Failure> {
     Ok(())
 }
 
+/// `runner report`: rebuild a runs folder's report from its records.
+pub fn report(runs: &Path, out: Option<PathBuf>, published: Option<PathBuf>) -> Result<(), Failure> {
+    let files = losa_reports::report_runs(runs, &losa_reports::ReportOptions { out_dir: out, published })?;
+    println!("report written to {}", files.dir.display());
+    for file in [&files.html, &files.csv, &files.parquet, &files.markdown] {
+        println!("  {}", file.display());
+    }
+    Ok(())
+}
+
 /// The plan as an aligned text table, with missing inputs listed below it.
 fn plan_table(recipe: &Recipe, runs: &[RunSpec], runs_dir: &Path) -> String {
     let header = ["#", "run id", "backbone", "adapter", "dataset", "task", "seed"];

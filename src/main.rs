@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Some(Command::Check { recipes, layers, data }) => commands::check(&recipes, &layers, data),
         Some(Command::Plan { recipe, json, layers }) => commands::plan(&recipe, json, &layers),
         Some(Command::Schema) => commands::schema(),
+        Some(Command::Report { runs, out, published }) => commands::report(&runs, out, published),
         Some(Command::Embed(args)) => commands::embed(&args),
         None => match &cli.recipe {
             Some(recipe) => commands::run(recipe, &cli.run),

@@ -5,4 +5,5 @@ mod cli;
 mod data;
 mod embed;
 mod recipes;
+mod report;
 mod support;

@@ -1,4 +1,5 @@
-//! The losa framework: recipes, plans and run identity, the ViT backbone and its checkpoints (data and engine follow).
+//! The losa framework: recipes, plans and run identity, datasets, the ViT backbone and its
+//! checkpoints, run records and the runs folder (the engine follows).
 #![warn(missing_docs)]
 
 pub mod adaptation;
@@ -10,4 +11,6 @@ pub mod embed;
 pub mod engine;
 pub mod plan;
 pub mod recipe;
+pub mod record;
+pub mod store;
 pub mod vit;

@@ -60,7 +60,7 @@ pub const TASKS: [VtabTask; 19] = [
     task("patch_camelyon", &[], Group::Specialized, 2, 32_768),
     task("eurosat", &[], Group::Specialized, 10, 5_400),
     task("resisc45", &[], Group::Specialized, 45, 6_300),
-    task("diabetic_retinopathy", &[], Group::Specialized, 5, 42_670),
+    task("diabetic_retinopathy", &["retinopathy"], Group::Specialized, 5, 42_670),
     task("clevr_count", &[], Group::Structured, 8, 15_000),
     task("clevr_dist", &[], Group::Structured, 6, 15_000),
     task("dmlab", &[], Group::Structured, 6, 22_735),
