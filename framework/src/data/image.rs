@@ -56,10 +56,11 @@ fn write_chw(tables: &[[f32; 256]; 3], image: &RgbImage, out: &mut [f32]) {
     assert_eq!(out.len(), 3 * plane, "output length for a {}×{} image", image.width(), image.height());
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
-    for (i, px) in image.as_raw().chunks_exact(3).enumerate() {
-        r[i] = tables[0][px[0] as usize];
-        g[i] = tables[1][px[1] as usize];
-        b[i] = tables[2][px[2] as usize];
+    let pixels = image.as_raw().chunks_exact(3);
+    for (((px, r), g), b) in pixels.zip(r.iter_mut()).zip(g.iter_mut()).zip(b.iter_mut()) {
+        *r = tables[0][px[0] as usize];
+        *g = tables[1][px[1] as usize];
+        *b = tables[2][px[2] as usize];
     }
 }
 
@@ -151,13 +152,12 @@ thread_local! {
 }
 
 /// Resizes the region `crop` = (x, y, width, height) of the RGB image `pixels` of size `(w, h)`
-/// (all of it when `None`) to
-/// `size` = (width, height) with the interpolation's filter.
+/// (all of it when `None`) to `size` = (width, height) with the interpolation's filter.
 ///
 /// fast_image_resize rather than `image::imageops::resize`: it is several times faster (see
-/// bench/RESULTS.md) and follows Pillow's convolution resampling, the reference of the PETL code
-/// whose preprocessing recipes reproduce (Catmull-Rom is PIL's BICUBIC, a = −0.5; the filter
-/// widens when shrinking, so downscaling averages instead of aliasing).
+/// bench/RESULTS.md) and resamples as Pillow does, which the PETL repositories use through
+/// torchvision (Catmull-Rom is PIL's BICUBIC, a = −0.5; the filter widens when shrinking, so
+/// downscaling averages instead of aliasing). Its output is within a grey level of PIL's.
 pub(crate) fn resize_region(
     pixels: &[u8],
     (w, h): (u32, u32),

@@ -6,6 +6,7 @@
 //! the network inputs themselves (`f32`, normalised; a flip is a copy in reverse); with them, the
 //! preprocessed images as bytes at 8/7 of the input side (256 px for 224, the ratio of timm's
 //! crop), so that crops keep detail from a larger image without re-reading files every epoch.
+//! Memory: 1000 images at 224 px take 0.6 GB as inputs, 0.2 GB as bytes at 256 px.
 
 use candle_core::{Device, Tensor};
 use image::{RgbImage, imageops};
