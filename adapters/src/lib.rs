@@ -14,12 +14,13 @@ pub mod peft;
 mod vpt;
 
 pub use adaptformer::Adaptformer;
-pub use bitfit::Bitfit;
+pub use bitfit::bitfit;
 pub use common::{Dropout, Head, Init};
-pub use full::Full;
+pub use full::full;
 pub use linear_probe::LinearProbe;
 pub use lora::{Lora, LoraPair, Target};
 pub use losa::Losa;
+pub use own_backbone::OwnBackbone;
 pub use vpt::Vpt;
 
 use candle_core::{DType, Result};
@@ -40,8 +41,8 @@ pub fn build(
     let head = Head::new(&mut init, vit.width(), classes, config.pool())?;
     Ok(match config {
         AdapterConfig::LinearProbe(_) => Box::new(LinearProbe { head }),
-        AdapterConfig::Full(_) => Box::new(Full::new(vit, head, dtype)?),
-        AdapterConfig::Bitfit(_) => Box::new(Bitfit::new(vit, head, dtype)?),
+        AdapterConfig::Full(_) => Box::new(full(vit, head, dtype)?),
+        AdapterConfig::Bitfit(_) => Box::new(bitfit(vit, head, dtype)?),
         AdapterConfig::Lora(c) => Box::new(Lora::new(c, vit, head, &mut init)?),
         AdapterConfig::Vpt(c) => Box::new(Vpt::new(c, vit, head, &mut init)?),
         AdapterConfig::Losa(c) => Box::new(Losa::new(c, vit, head, &mut init)?),
