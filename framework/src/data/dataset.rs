@@ -122,9 +122,7 @@ impl Dataset {
         let (classes, source) = match config {
             DatasetConfig::Vtab1k(v) => {
                 let Some(t) = vtab::find(&task.name) else {
-                    let known = vtab::TASKS
-                        .iter()
-                        .flat_map(|t| std::iter::once(t.name).chain(t.aliases.iter().copied()));
+                    let known = vtab::TASKS.iter().flat_map(vtab::VtabTask::names);
                     return Err(unknown("VTAB-1k", &task.name, known));
                 };
                 if !v.root.is_dir() {
@@ -135,7 +133,7 @@ impl Dataset {
                 }
                 let folder = identity::vtab_task_folder(&v.root, t.name);
                 if !folder.is_dir() {
-                    let names = std::iter::once(t.name).chain(t.aliases.iter().copied()).collect::<Vec<_>>();
+                    let names = t.names().collect::<Vec<_>>();
                     return Err(DataError::Missing {
                         what: format!("VTAB-1k task folder (named any of {})", names.join(", ")),
                         path: folder,

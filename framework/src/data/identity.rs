@@ -133,9 +133,7 @@ pub fn identity(
 
 /// The task's folder under a VTAB-1k root: the canonical name, or an alias that exists on disk.
 pub fn vtab_task_folder(root: &Path, task: &str) -> PathBuf {
-    let names = vtab::find(task)
-        .map(|t| std::iter::once(t.name).chain(t.aliases.iter().copied()).collect())
-        .unwrap_or_else(|| vec![task]);
+    let names = vtab::find(task).map(|t| t.names().collect()).unwrap_or_else(|| vec![task]);
     names.iter().map(|n| root.join(n)).find(|p| p.is_dir()).unwrap_or_else(|| root.join(task))
 }
 

@@ -48,6 +48,13 @@ const fn task(
     VtabTask { name, aliases, group, classes, test_images }
 }
 
+impl VtabTask {
+    /// The folder name and then its aliases.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + use<> {
+        std::iter::once(self.name).chain(self.aliases.iter().copied())
+    }
+}
+
 /// The tasks in the usual order (natural, specialized, structured).
 pub const TASKS: [VtabTask; 19] = [
     task("cifar", &["cifar100", "cifar_100"], Group::Natural, 100, 10_000),
@@ -85,11 +92,7 @@ pub fn expand(
     names: &[String],
     key: &[String],
 ) -> Result<Vec<&'static VtabTask>, Vec<(Vec<String>, String)>> {
-    let known: Vec<&str> = TASKS
-        .iter()
-        .flat_map(|t| std::iter::once(t.name).chain(t.aliases.iter().copied()))
-        .chain(SELECTORS)
-        .collect();
+    let known: Vec<&str> = TASKS.iter().flat_map(VtabTask::names).chain(SELECTORS).collect();
     super::expand_names(names, key, "VTAB-1k", &known, |name| match name {
         "all" => TASKS.iter().collect(),
         "natural" | "specialized" | "structured" => TASKS.iter().filter(|t| t.group.name() == name).collect(),
