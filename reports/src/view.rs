@@ -145,12 +145,7 @@ pub fn task_table(s: &Summary, notes: &mut Footnotes) -> Table {
     let row = |m: &MethodRow, i: usize, notes: &mut Footnotes| {
         let mut cells: Vec<Entry> = m.cells.iter().map(|c| cell(c, m, notes)).collect();
         cells.extend(average_entries(s, m, notes));
-        Row {
-            name: m.name.clone(),
-            title: m.published.clone().unwrap_or_default(),
-            swatch: swatch(m, i),
-            cells,
-        }
+        method_row(m, i, cells)
     };
     Table { groups, columns, sections: sections(s, notes, &row) }
 }
@@ -191,12 +186,7 @@ pub fn summary_table(s: &Summary, notes: &mut Footnotes) -> Table {
             e.best = m.best_costs[k];
             cells.push(e);
         }
-        Row {
-            name: m.name.clone(),
-            title: m.published.clone().unwrap_or_default(),
-            swatch: swatch(m, i),
-            cells,
-        }
+        method_row(m, i, cells)
     };
     Table { groups, columns, sections: sections(s, notes, &row) }
 }
@@ -217,6 +207,11 @@ fn sections(
         });
     }
     out
+}
+
+/// A method's row: its name, the published source as a tooltip, its swatch, and `cells`.
+fn method_row(m: &MethodRow, i: usize, cells: Vec<Entry>) -> Row {
+    Row { name: m.name.clone(), title: m.published.clone().unwrap_or_default(), swatch: swatch(m, i), cells }
 }
 
 fn swatch(m: &MethodRow, i: usize) -> String {
