@@ -5,19 +5,23 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow};
 use losa_framework::backbone::load_backbone;
 use losa_framework::embed as embedding;
+use losa_framework::engine::execute;
 use losa_framework::plan::{RunSpec, plan as expand, shard};
 use losa_framework::recipe::{self, BackboneConfig, LoadOptions, PreprocessConfig, Recipe};
+use losa_framework::store;
 use losa_framework::vit::VitConfig;
 
 use crate::Failure;
 use crate::cli::{EmbedArgs, Layers, RunFlags};
+use crate::progress::{Bars, Lines};
 
 fn load(path: &Path, layers: &Layers) -> Result<Recipe, Failure> {
     let options = LoadOptions { sets: layers.sets.clone(), env: std::env::vars().collect() };
     Ok(recipe::load(path, &options)?)
 }
 
-/// `runner run`: validate, expand and (once the engine exists) execute the plan.
+/// `runner run`: validate, expand and execute the plan (skipping finished runs), then write the
+/// report.
 pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
     let recipe = load(path, &flags.layers)?;
     let mut runs = expand(&recipe);
@@ -43,15 +47,64 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
         load_backbone(backbone, &candle_core::Device::Cpu)
             .with_context(|| format!("recipe {}: backbones[{i}]", path.display()))?;
     }
+    let device = recipe.device.open().map_err(|e| anyhow!("recipe {}: device: {e}", path.display()))?;
     let runs_dir = flags.out.clone().unwrap_or_else(|| recipe.runs_dir());
+    store::write_recipe(&runs_dir, &recipe)?;
     if !flags.quiet {
         print!("{}", plan_table(&recipe, &runs, &runs_dir));
     }
-    tracing::warn!(
-        "{} run(s) validated; training is not part of this build yet (it arrives with the engine), so nothing was trained",
-        runs.len()
+    let options = execute::Options { runs_dir: runs_dir.clone(), force: flags.force, device };
+    let build =
+        |adapter: &_, vit: &_, classes, seed, dtype| losa_adapters::build(adapter, vit, classes, seed, dtype);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let summary = match flags.quiet || !terminal {
+        true => execute::execute(&recipe, &runs, &options, &build, &mut Lines),
+        false => execute::execute(&recipe, &runs, &options, &build, &mut Bars::new()),
+    };
+    let report = match recipe.report.enabled {
+        true => write_report(&runs_dir, flags.quiet),
+        false => Ok(()),
+    };
+    let line = format!(
+        "{} run(s): {} trained, {} finished before, {} failed{}; results in {}",
+        runs.len(),
+        summary.finished,
+        summary.skipped,
+        summary.failed.len(),
+        if summary.interrupted { ", interrupted" } else { "" },
+        runs_dir.display()
     );
-    Ok(())
+    match flags.quiet {
+        true => tracing::info!("{line}"),
+        false => println!("{line}"),
+    }
+    for f in &summary.failed {
+        eprintln!("run {} failed: {}", f.id, f.reason);
+    }
+    report?;
+    let bad_input = summary.failed.iter().filter(|f| f.bad_input).count();
+    match (bad_input, summary.failed.len()) {
+        (0, 0) => Ok(()),
+        (0, n) => Err(Failure::RunsFailed(n)),
+        (n, _) => Err(Failure::BadInput(anyhow!("{n} run(s) failed on bad input (see above)"))),
+    }
+}
+
+/// Writes the report of a runs folder after a plan, listing its files.
+fn write_report(runs_dir: &Path, quiet: bool) -> Result<(), Failure> {
+    match losa_reports::report_runs(runs_dir, &losa_reports::ReportOptions::default()) {
+        Ok(files) if quiet => {
+            tracing::info!("report: {}", files.html.display());
+            Ok(())
+        }
+        Ok(files) => {
+            println!("report: {}", files.html.display());
+            Ok(())
+        }
+        // No run has a record yet (e.g. the first run failed before writing one): nothing to show.
+        Err(losa_reports::ReportError::Store(losa_framework::store::StoreError::NoRecords(_))) => Ok(()),
+        Err(e) => Err(Failure::BadInput(anyhow!("writing the report of {}: {e}", runs_dir.display()))),
+    }
 }
 
 /// `runner check`: validate every recipe, print each resolved; report all invalid ones. With

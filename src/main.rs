@@ -4,6 +4,7 @@
 mod check_data;
 mod cli;
 mod commands;
+mod progress;
 
 use std::process::ExitCode;
 

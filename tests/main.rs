@@ -4,6 +4,7 @@
 mod cli;
 mod data;
 mod embed;
+mod engine;
 mod recipes;
 mod report;
 mod support;

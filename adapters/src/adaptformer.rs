@@ -73,6 +73,10 @@ impl Hooks for AdaptformerHooks<'_> {
 }
 
 impl Adaptation for Adaptformer {
+    fn start_epoch(&self, epoch: u64) {
+        self.dropout.start_epoch(epoch);
+    }
+
     fn kind(&self) -> &'static str {
         "adaptformer"
     }

@@ -111,17 +111,29 @@ impl Head {
     }
 }
 
-/// Dropout with its own seeded stream, so a run's masks depend only on its seed.
+/// Dropout with its own seeded stream, so a run's masks depend only on its seed. Each epoch has
+/// its own stream of that seed ([`Dropout::start_epoch`]), so a run resumed at an epoch draws
+/// the same masks as one that never stopped, without saving any random state.
 #[derive(Debug)]
 pub struct Dropout {
     p: f64,
+    seed: u64,
     rng: Mutex<ChaCha8Rng>,
 }
 
 impl Dropout {
     /// Drops with probability `p` during training.
     pub fn new(p: f64, seed: u64) -> Self {
-        Self { p, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) }
+        Self { p, seed, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) }
+    }
+
+    /// Restarts the masks at the stream of epoch `epoch` (0-based).
+    pub fn start_epoch(&self, epoch: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(epoch);
+        if let Ok(mut current) = self.rng.lock() {
+            *current = rng;
+        }
     }
 
     /// `x` with elements zeroed with probability p and the rest scaled by 1/(1-p), when training.

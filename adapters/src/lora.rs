@@ -192,6 +192,10 @@ impl Hooks for LoraHooks<'_> {
 }
 
 impl Adaptation for Lora {
+    fn start_epoch(&self, epoch: u64) {
+        self.dropout.start_epoch(epoch);
+    }
+
     fn kind(&self) -> &'static str {
         "lora"
     }

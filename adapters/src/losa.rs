@@ -114,6 +114,10 @@ impl Losa {
 }
 
 impl Adaptation for Losa {
+    fn start_epoch(&self, epoch: u64) {
+        self.dropout.start_epoch(epoch);
+    }
+
     fn kind(&self) -> &'static str {
         "losa"
     }

@@ -74,6 +74,10 @@ impl Hooks for VptHooks<'_> {
 }
 
 impl Adaptation for Vpt {
+    fn start_epoch(&self, epoch: u64) {
+        self.dropout.start_epoch(epoch);
+    }
+
     fn kind(&self) -> &'static str {
         "vpt"
     }

@@ -47,6 +47,10 @@ pub trait Adaptation {
         Vec::new()
     }
 
+    /// Called before each training epoch (0-based): methods with random streams (dropout) restart
+    /// them at that epoch's stream, so a resumed run continues exactly as an uninterrupted one.
+    fn start_epoch(&self, _epoch: u64) {}
+
     /// Logits for a batch of images [batch, 3, H, W]; `train` turns dropout on.
     fn forward(&self, vit: &Vit, images: &Tensor, train: bool) -> Result<Tensor>;
 

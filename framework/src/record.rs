@@ -32,7 +32,7 @@ pub struct RunRecord {
     /// Accuracy on each split evaluated at the reported epoch (empty when the run failed before).
     #[serde(default)]
     pub accuracy: Vec<SplitAccuracy>,
-    /// One point per evaluated epoch, in epoch order.
+    /// One point per epoch, in epoch order.
     #[serde(default)]
     pub curves: Vec<EpochMetrics>,
     /// Wall times and throughput.
@@ -99,13 +99,15 @@ pub struct SplitAccuracy {
     pub split: Split,
     /// Top-1 accuracy, a fraction in [0, 1].
     pub top1: f64,
-    /// Accuracy of each class (index = label), fractions in [0, 1]; empty when not measured.
+    /// Accuracy of each class (index = label), fractions in [0, 1]; null for a class the split
+    /// does not contain; empty when not measured.
     #[serde(default)]
-    pub per_class: Vec<f64>,
+    pub per_class: Vec<Option<f64>>,
 }
 
-/// Metrics of one evaluated epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Metrics of one epoch: training loss and accuracy always, validation and test accuracy on the
+/// epochs they were evaluated.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpochMetrics {
     /// The epoch, 1-based (epoch 1 is after the first pass over the training split).
@@ -122,6 +124,9 @@ pub struct EpochMetrics {
     /// Accuracy on the test split, when it is evaluated during training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_accuracy: Option<f64>,
+    /// The learning rate of the epoch's last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
 }
 
 /// Wall times and throughput of a run.
@@ -134,6 +139,10 @@ pub struct Timing {
     pub eval_s: f64,
     /// Training images per second: images of all epochs over `train_s`.
     pub images_per_s: f64,
+    /// Seconds of `train_s` spent computing backbone features for the feature cache (0 when
+    /// they were there already); absent when the run did not use the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_s: Option<f64>,
 }
 
 /// Peak memory of a run.
@@ -213,6 +222,25 @@ pub struct Environment {
     pub os: String,
 }
 
+impl Environment {
+    /// This build on this machine, running on the device described as `device`.
+    pub fn current(device: &str) -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty());
+        Self {
+            device: device.to_owned(),
+            losa_version: env!("CARGO_PKG_VERSION").to_owned(),
+            candle_version: env!("LOSA_CANDLE_VERSION").to_owned(),
+            git_commit: option_env!("LOSA_GIT_COMMIT").map(str::to_owned),
+            hostname,
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+}
+
 impl RunRecord {
     /// Whether the run finished.
     pub fn finished(&self) -> bool {
@@ -254,7 +282,9 @@ impl RunRecord {
         for (i, a) in self.accuracy.iter().enumerate() {
             fraction(format!("accuracy[{i}].top1"), a.top1);
             for (c, v) in a.per_class.iter().enumerate() {
-                fraction(format!("accuracy[{i}].per_class[{c}]"), *v);
+                if let Some(v) = v {
+                    fraction(format!("accuracy[{i}].per_class[{c}]"), *v);
+                }
             }
         }
         for (i, p) in self.curves.iter().enumerate() {

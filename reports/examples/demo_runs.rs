@@ -88,6 +88,7 @@ fn record(
                 train_accuracy: Some((0.2 + 0.79 * done).min(1.0)),
                 val_accuracy: None,
                 test_accuracy: accuracy.map(|a| a * (0.6 + 0.4 * done)).or(Some(0.05)),
+                lr: None,
             }
         })
         .collect();
@@ -117,7 +118,7 @@ fn record(
             .map(|a| vec![SplitAccuracy { split: Split::Test, top1: a, per_class: vec![] }])
             .unwrap_or_default(),
         curves,
-        timing: Timing { train_s, eval_s: 4.0, images_per_s: 100.0 * 1000.0 / train_s },
+        timing: Timing { train_s, eval_s: 4.0, images_per_s: 100.0 * 1000.0 / train_s, cache_s: None },
         memory: PeakMemory {
             bytes: (gib * f64::from(1u32 << 30)) as u64,
             measured: MemoryMeasure::CudaAboveBaseline,

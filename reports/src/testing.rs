@@ -42,6 +42,7 @@ pub fn record(
                 train_accuracy: Some(0.3),
                 val_accuracy: None,
                 test_accuracy: None,
+                lr: None,
             },
             EpochMetrics {
                 epoch: 2,
@@ -49,9 +50,15 @@ pub fn record(
                 train_accuracy: Some(0.6),
                 val_accuracy: None,
                 test_accuracy: accuracy,
+                lr: None,
             },
         ],
-        timing: Timing { train_s: 10.0 * scale as f64, eval_s: 1.0, images_per_s: 1000.0 / scale as f64 },
+        timing: Timing {
+            train_s: 10.0 * scale as f64,
+            eval_s: 1.0,
+            images_per_s: 1000.0 / scale as f64,
+            cache_s: None,
+        },
         memory: PeakMemory { bytes: scale << 30, measured: MemoryMeasure::CudaAboveBaseline },
         params: ParamCounts {
             trainable_with_head: scale * 1000 + 7690,

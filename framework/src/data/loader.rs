@@ -116,6 +116,11 @@ impl TrainLoader {
         self.labels.is_empty()
     }
 
+    /// Images per batch (the last batch of an epoch may have fewer).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
     /// Batches per epoch; the last one may be smaller.
     pub fn batches_per_epoch(&self) -> usize {
         self.len().div_ceil(self.batch_size)

@@ -1,8 +1,12 @@
-//! Training: optimisers, the learning-rate schedule and the cache of frozen-backbone features
-//! (the training loop follows in the engine issue).
+//! Training: the optimisers, the learning-rate schedule, the loss, the feature cache, the fit
+//! loop with its resumable state, and the execution of a plan into a runs folder.
 
+pub mod execute;
 pub mod features;
+pub mod fit;
 pub mod loss;
 pub mod memory;
 pub mod optim;
+pub mod progress;
+pub mod resume;
 pub mod schedule;

@@ -90,6 +90,31 @@ pub struct OutputConfig {
     /// `cache_dir`. Default: 4.0.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_memory_gib: Option<f64>,
+    /// Number format of cached features: "auto" (the backbone's own: exact), "f16" or "bf16"
+    /// (half the memory, within half-precision rounding) or "f32". Default: "auto".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dtype: Option<BackboneDtype>,
+    /// Train methods that keep the backbone frozen (and use no augmentation) from cached backbone
+    /// features instead of running the backbone every epoch. It changes time and memory, not
+    /// results. Default: true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_cache: Option<bool>,
+    /// Save a run's state (weights, optimiser, curves) every this many epochs, so an interrupted
+    /// run resumes from there; 0 never saves. Default: 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u32>,
+}
+
+impl OutputConfig {
+    /// The feature cache folder: `cache_dir`, else `<runs_dir>/cache`.
+    pub fn cache_dir(&self, runs_dir: &std::path::Path) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| runs_dir.join("cache"))
+    }
+
+    /// The feature cache's memory budget in bytes (default 4 GiB).
+    pub fn cache_memory_bytes(&self) -> u64 {
+        (self.cache_memory_gib.unwrap_or(4.0).max(0.0) * (1u64 << 30) as f64) as u64
+    }
 }
 
 /// Settings of the generated report.
