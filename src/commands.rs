@@ -1,5 +1,6 @@
 //! What each subcommand does, on top of the libraries.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
@@ -61,8 +62,10 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
         true => execute::execute(&recipe, &runs, &options, &build, &mut Lines),
         false => execute::execute(&recipe, &runs, &options, &build, &mut Bars::new()),
     };
+    // The report covers the whole plan (every shard), not records of older versions of the recipe.
+    let plan_ids = expand(&recipe).into_iter().filter_map(|r| r.id).collect();
     let report = match recipe.report.enabled {
-        true => write_report(&runs_dir, flags.quiet),
+        true => write_report(&runs_dir, plan_ids, flags.quiet),
         false => Ok(()),
     };
     let line = format!(
@@ -91,8 +94,9 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
 }
 
 /// Writes the report of a runs folder after a plan, listing its files.
-fn write_report(runs_dir: &Path, quiet: bool) -> Result<(), Failure> {
-    match losa_reports::report_runs(runs_dir, &losa_reports::ReportOptions::default()) {
+fn write_report(runs_dir: &Path, only: BTreeSet<String>, quiet: bool) -> Result<(), Failure> {
+    let options = losa_reports::ReportOptions { only: Some(only), ..Default::default() };
+    match losa_reports::report_runs(runs_dir, &options) {
         Ok(files) if quiet => {
             tracing::info!("report: {}", files.html.display());
             Ok(())
@@ -189,7 +193,8 @@ pub fn schema() -> Result<(), Failure> {
 
 /// `runner report`: rebuild a runs folder's report from its records.
 pub fn report(runs: &Path, out: Option<PathBuf>, published: Option<PathBuf>) -> Result<(), Failure> {
-    let files = losa_reports::report_runs(runs, &losa_reports::ReportOptions { out_dir: out, published })?;
+    let options = losa_reports::ReportOptions { out_dir: out, published, only: None };
+    let files = losa_reports::report_runs(runs, &options)?;
     println!("report written to {}", files.dir.display());
     for file in [&files.html, &files.csv, &files.parquet, &files.markdown] {
         println!("  {}", file.display());

@@ -224,3 +224,18 @@ fn the_built_in_suite_and_the_smoke_recipe_pass() {
         );
     }
 }
+
+#[test]
+fn a_run_that_meets_a_corrupt_image_is_recorded_as_failed_naming_it_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    vtab(dir.path());
+    let corrupt = dir.path().join("vtab/dsprites_loc/images/train800val200/000001.jpg");
+    let bytes = std::fs::read(&corrupt).unwrap();
+    std::fs::write(&corrupt, &bytes[..bytes.len() / 2]).unwrap();
+    let r = recipe(dir.path(), VTAB);
+    let run = runner(dir.path(), &["run", &r, "--quiet"], &[]);
+    fails_with(&run, &[&format!("image {}: cannot decode", corrupt.display()), "failed on bad input"]);
+    let records = losa_framework::store::read_records(&dir.path().join("runs/tiny")).unwrap();
+    assert_eq!(records.len(), 4);
+    assert!(records.iter().all(|r| r.failure().is_some_and(|f| f.contains("cannot decode"))));
+}

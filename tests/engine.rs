@@ -324,4 +324,12 @@ fn the_smoke_recipe_trains_end_to_end_and_writes_the_report() {
     }
     let html = std::fs::read_to_string(dir.path().join("out/report/report.html")).unwrap();
     assert!(html.contains("losa") && html.contains("linear_probe"));
+
+    // Another learning rate is another plan: its report leaves the earlier runs out.
+    let run =
+        runner(dir.path(), &["run", smoke.to_str().unwrap(), "--out", "out", "--set", "train.lr=0.02"], &[]);
+    assert!(run.stdout.contains("4 run(s): 4 trained, 0 finished before"), "{}", run.stdout);
+    assert_eq!(read_records(&dir.path().join("out")).unwrap().len(), 8);
+    let csv = std::fs::read_to_string(dir.path().join("out/report/results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
 }

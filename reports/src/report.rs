@@ -20,6 +20,9 @@ pub struct ReportOptions {
     pub out_dir: Option<PathBuf>,
     /// Published-results CSV; default the saved recipe's `report.published`, if any.
     pub published: Option<PathBuf>,
+    /// Only these run ids (a plan's): records that earlier versions of a recipe left in the same
+    /// folder stay out. `None`: every record.
+    pub only: Option<std::collections::BTreeSet<String>>,
 }
 
 /// The files a report consists of.
@@ -41,7 +44,13 @@ pub struct ReportFiles {
 /// `<run id>/record.json`, the saved `recipe.toml` and the published results, and writes the
 /// report files.
 pub fn report_runs(runs_dir: &Path, options: &ReportOptions) -> Result<ReportFiles, ReportError> {
-    let records = store::read_records(runs_dir)?;
+    let mut records = store::read_records(runs_dir)?;
+    if let Some(only) = &options.only {
+        records.retain(|r| only.contains(&r.run_id));
+        if records.is_empty() {
+            return Err(store::StoreError::NoRecords(runs_dir.to_owned()).into());
+        }
+    }
     let recipe = store::read_recipe(runs_dir)?;
     let from_recipe =
         recipe.as_ref().and_then(|r| Some((r.path.clone(), r.recipe.report.published.clone()?)));

@@ -255,7 +255,8 @@ impl Fit<'_> {
     /// after the last.
     fn evaluates_after(&self, epoch: u32) -> bool {
         let done = epoch + 1;
-        done == self.train.epochs || (self.eval.every_epochs > 0 && done.is_multiple_of(self.eval.every_epochs))
+        done == self.train.epochs
+            || (self.eval.every_epochs > 0 && done.is_multiple_of(self.eval.every_epochs))
     }
 
     /// The batches of training epoch `epoch`: the loader's seeded order, as images or as cached
