@@ -76,7 +76,7 @@ impl Progress for Bars {
             Event::RunSkipped { .. } => {}
             Event::RunStarted { title, from_epoch, epochs, steps_per_epoch, .. } => {
                 let bar = self.multi.add(ProgressBar::new(u64::from(epochs) * steps_per_epoch as u64));
-                bar.set_style(style("{prefix} [{bar:30.green/white}] {msg} {per_sec:>12} ETA {eta} "));
+                bar.set_style(style("{prefix} [{bar:30.green/white}] {msg} ETA {eta}"));
                 bar.set_prefix(title.to_owned());
                 bar.set_position(u64::from(from_epoch) * steps_per_epoch as u64);
                 bar.reset_eta();
