@@ -29,8 +29,8 @@ use crate::data::{DataError, Dataset, EvalLoader, TrainLoader};
 use crate::plan::RunSpec;
 use crate::recipe::{AdapterConfig, Recipe, Split};
 use crate::record::{
-    Environment, MemoryMeasure, ParamCounts, PeakMemory, RECORD_SCHEMA_VERSION, RecordLabels, RunRecord,
-    RunStatus, SelectionInfo, Timing,
+    Environment, ParamCounts, PeakMemory, RECORD_SCHEMA_VERSION, RecordLabels, RunRecord, RunStatus,
+    SelectionInfo, Timing,
 };
 use crate::store::{self, RECORD_FILE};
 use crate::vit::Vit;
@@ -207,9 +207,10 @@ impl Run<'_> {
         if let Err(e) = self.prepare() {
             return Ended::Failed(Failed { id: self.id.into(), reason: e, bad_input: false });
         }
-        memory::reset_peak();
+        let meter = memory::Meter::start(&self.options.device);
         let mut log = Log::open(&self.dir.join(LOG_FILE), progress);
-        let outcome = self.train(index, loaded, cache, build, &mut log);
+        let outcome = self.train(index, loaded, cache, build, &meter, &mut log);
+        let peak = meter.peak();
         let (status, result, measured) = match outcome {
             Ok((FitOutcome::Interrupted, _, _)) => {
                 log.line("interrupted; a rerun resumes from the last saved epoch");
@@ -225,12 +226,12 @@ impl Run<'_> {
                 let bad = e.bad_input();
                 let reason = e.to_string();
                 let record =
-                    self.record(RunStatus::Failed { reason: reason.clone() }, FitResult::default(), None);
+                    self.record(RunStatus::Failed { reason: reason.clone() }, FitResult::default(), None, peak);
                 self.write_record(&record, &mut log);
                 return Ended::Failed(Failed { id: self.id.into(), reason, bad_input: bad });
             }
         };
-        let record = self.record(status, result, measured);
+        let record = self.record(status, result, measured, peak);
         self.write_record(&record, &mut log);
         let _ = std::fs::remove_file(self.dir.join(STATE_FILE));
         match record.failure() {
@@ -272,6 +273,7 @@ impl Run<'_> {
         loaded: &mut Loaded,
         cache: &mut FeatureCache,
         build: Builder<'_>,
+        meter: &memory::Meter,
         progress: &mut dyn Progress,
     ) -> Result<(FitOutcome, Measured, Option<u64>), RunError> {
         let (recipe, spec, device) = (self.recipe, self.spec, &self.options.device);
@@ -372,6 +374,7 @@ impl Run<'_> {
             test: EvalSource { split: eval.test_split, loader: &test, features: None },
             state_file: Some(&state_file),
             checkpoint_every: recipe.output.checkpoint_every.unwrap_or(1),
+            memory: Some(meter),
         };
         let outcome = fit.run(progress)?;
         let measured = self.measured(vit, &*adaptation, dataset, cached, cache_s);
@@ -423,6 +426,7 @@ impl Run<'_> {
         status: RunStatus,
         result: FitResult,
         measured: Option<(Measured, Option<u64>)>,
+        memory: PeakMemory,
     ) -> RunRecord {
         let spec = self.spec;
         let adapter = &self.recipe.adapters[spec.adapter];
@@ -456,10 +460,7 @@ impl Run<'_> {
                 images_per_s: if train_s > 0.0 { result.images as f64 / train_s } else { 0.0 },
                 cache_s: measured.as_ref().filter(|m| m.feature_cache).map(|m| m.cache_s),
             },
-            memory: PeakMemory {
-                bytes: memory::peak_rss().unwrap_or(0),
-                measured: MemoryMeasure::CpuProcessPeak,
-            },
+            memory,
             params: measured.as_ref().map(|m| m.params.clone()).unwrap_or(ParamCounts {
                 trainable_with_head: 0,
                 trainable_without_head: 0,

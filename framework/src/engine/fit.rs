@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 
 use super::features::{FeatureError, SplitFeatures};
 use super::loss::{cross_entropy, tally};
+use super::memory::Meter;
 use super::optim::Optimizer;
 use super::progress::{Control, Event, Progress};
 use super::resume::{self, Best, Snapshot, State};
@@ -84,6 +85,8 @@ pub struct Fit<'a> {
     pub state_file: Option<&'a Path>,
     /// Save the state every this many epochs (0: never).
     pub checkpoint_every: u32,
+    /// Measures the run's peak memory (sampled after each backward pass and each evaluation).
+    pub memory: Option<&'a Meter>,
 }
 
 impl std::fmt::Debug for Fit<'_> {
@@ -176,7 +179,12 @@ impl Fit<'_> {
                     let reason = format!("diverged at step {step} (loss {value})");
                     return Ok(FitOutcome::Diverged { reason, partial: result });
                 }
-                optimizer.step(&loss.backward()?, lr)?;
+                let grads = loss.backward()?;
+                if let Some(m) = self.memory {
+                    m.sample(); // activations and gradients are both held now: the step's peak
+                }
+                optimizer.step(&grads, lr)?;
+                drop(grads);
                 let n = labels.dim(0)? as u64;
                 (loss_sum, seen) = (loss_sum + value * n as f64, seen + n);
                 tally(&logits, &labels, self.classes, &mut correct, &mut tallied)?;
@@ -312,6 +320,9 @@ impl Fit<'_> {
                     tally(&logits, &batch.labels, self.classes, &mut correct, &mut seen)?;
                 }
             }
+        }
+        if let Some(m) = self.memory {
+            m.sample();
         }
         let total: u64 = seen.iter().sum();
         let per_class =

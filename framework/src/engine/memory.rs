@@ -23,6 +23,68 @@ pub fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// The peak memory of one run on its device. On the CPU: the process's peak resident set, reset
+/// when the meter starts. On CUDA: the device memory in use (as the driver reports it) above what
+/// was in use when the meter started, sampled at the moments of a training step when the most is
+/// held (after the backward pass, before the gradients are dropped) and at evaluation.
+#[derive(Debug)]
+pub struct Meter {
+    cuda: Option<candle_core::Device>,
+    baseline: u64,
+    peak: std::cell::Cell<u64>,
+}
+
+impl Meter {
+    /// Starts measuring on `device`.
+    pub fn start(device: &candle_core::Device) -> Self {
+        let cuda = device.is_cuda().then(|| device.clone());
+        let baseline = match &cuda {
+            Some(d) => device_in_use(d).unwrap_or(0),
+            None => {
+                reset_peak();
+                0
+            }
+        };
+        Self { cuda, baseline, peak: std::cell::Cell::new(baseline) }
+    }
+
+    /// Records the memory in use now (CUDA; the CPU's kernel keeps its own peak).
+    pub fn sample(&self) {
+        if let Some(d) = &self.cuda {
+            let now = device_in_use(d).unwrap_or(0);
+            self.peak.set(self.peak.get().max(now));
+        }
+    }
+
+    /// The peak so far, in bytes, and how it was measured.
+    pub fn peak(&self) -> crate::record::PeakMemory {
+        use crate::record::{MemoryMeasure, PeakMemory};
+        match &self.cuda {
+            Some(_) => {
+                self.sample();
+                PeakMemory {
+                    bytes: self.peak.get().saturating_sub(self.baseline),
+                    measured: MemoryMeasure::CudaAboveBaseline,
+                }
+            }
+            None => PeakMemory { bytes: peak_rss().unwrap_or(0), measured: MemoryMeasure::CpuProcessPeak },
+        }
+    }
+}
+
+/// Device memory in use on a CUDA device: total − free, as the driver reports it.
+#[cfg(feature = "cuda")]
+fn device_in_use(device: &candle_core::Device) -> Option<u64> {
+    let cuda = device.as_cuda_device().ok()?;
+    let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+    Some((total - free) as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_in_use(_device: &candle_core::Device) -> Option<u64> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
