@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use losa_framework::backbone::load_backbone;
+use losa_framework::data::identity::Missing;
 use losa_framework::embed as embedding;
 use losa_framework::engine::execute;
 use losa_framework::plan::{RunSpec, plan as expand, shard};
@@ -29,19 +30,9 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
     if let Some(s) = flags.shard {
         runs = shard(runs, s.index, s.count);
     }
-    let missing: Vec<String> = runs
-        .iter()
-        .flat_map(|r| &r.missing)
-        .map(|m| format!("{} not found: {}", m.what, m.path.display()))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let missing: Vec<&Missing> = runs.iter().flat_map(|r| &r.missing).collect();
     if !missing.is_empty() {
-        return Err(Failure::BadInput(anyhow!(
-            "recipe {} needs inputs that are not there:\n  - {}\n(input paths in a recipe are relative to the recipe file)",
-            path.display(),
-            missing.join("\n  - ")
-        )));
+        return Err(Failure::BadInput(anyhow!("{}", missing_inputs(path, &missing))));
     }
     // Every checkpoint must fit its backbone before anything starts (a mismatch is bad input).
     for (i, backbone) in recipe.backbones.iter().enumerate().filter(|(_, b)| b.weights.is_some()) {
@@ -91,6 +82,44 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
         (0, n) => Err(Failure::RunsFailed(n)),
         (n, _) => Err(Failure::BadInput(anyhow!("{n} run(s) failed on bad input (see above)"))),
     }
+}
+
+/// Why `run` cannot start: every missing input (once each), then where such inputs go and the
+/// README section that says how to obtain them.
+fn missing_inputs(recipe: &Path, missing: &[&Missing]) -> String {
+    let lines: BTreeSet<String> =
+        missing.iter().map(|m| format!("{} not found: {}", m.what, m.path.display())).collect();
+    let lines: Vec<String> = lines.into_iter().collect();
+    let mut text = format!(
+        "recipe {} needs inputs that are not there:\n  - {}\n(input paths in a recipe are relative to the recipe file)\n\
+         Put each input at the path shown, or change the recipe's paths:",
+        recipe.display(),
+        lines.join("\n  - ")
+    );
+    let any = |prefix: &str| missing.iter().any(|m| m.what.starts_with(prefix));
+    if any("backbone checkpoint") {
+        text.push_str(
+            "\n  - a checkpoint is one file (timm or HF safetensors, or Google's .npz); VTAB-1k recipes \
+             use Google's ImageNet-21k ViT-B_16.npz: see README.md, sections \"Preparing VTAB-1k\" \
+             and \"Checkpoints\"",
+        );
+    }
+    if any("VTAB-1k") {
+        text.push_str(
+            "\n  - VTAB-1k is one folder (the dataset's `root`) of task folders (cifar/, caltech101/, \
+             ...), each with train800.txt, val200.txt, train800val200.txt, test.txt and images/: \
+             see README.md, section \"Preparing VTAB-1k\"",
+        );
+    }
+    if missing.iter().any(|m| !m.what.starts_with("backbone checkpoint") && !m.what.starts_with("VTAB-1k")) {
+        text.push_str("\n  - other datasets: see README.md, section \"Data\"");
+    }
+    text.push_str(&format!(
+        "\nThen `runner check --data {0}` reads every split and image it uses; `runner plan {0}` lists \
+         its runs meanwhile.",
+        recipe.display()
+    ));
+    text
 }
 
 /// Writes the report of a runs folder after a plan, listing its files.

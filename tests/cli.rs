@@ -182,6 +182,47 @@ fn run_stops_at_once_when_inputs_are_missing_but_plan_still_lists_the_runs() {
 }
 
 #[test]
+fn a_vtab_recipe_without_its_data_and_weights_stops_at_once_and_says_where_they_go() {
+    // vtab_all.toml copied away from the repository: its ../weights and ../data are surely absent.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("recipes/vtab_all.toml")).unwrap();
+    let recipe = write(dir.path(), "recipes/vtab_all.toml", &text);
+    let recipe = recipe.to_str().unwrap();
+    let run = runner(dir.path(), &["run", recipe], &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    for fragment in [
+        "needs inputs that are not there",
+        "backbone checkpoint not found:",
+        "recipes/../weights/ViT-B_16.npz",
+        "VTAB-1k root folder not found:",
+        "recipes/../data/vtab-1k",
+        "relative to the recipe file",
+        "train800.txt, val200.txt, train800val200.txt, test.txt and images/",
+        "see README.md, section \"Preparing VTAB-1k\"",
+        "Google's ImageNet-21k ViT-B_16.npz",
+        "runner check --data",
+    ] {
+        assert!(run.stderr.contains(fragment), "expected {fragment:?} in:\n{}", run.stderr);
+    }
+    // The sections the message points to exist.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    for section in ["Preparing VTAB-1k", "Checkpoints"] {
+        assert!(run.stderr.contains(&format!("\"{section}\"")));
+        assert!(readme.contains(&format!("\n## {section}\n")), "README.md has no section {section:?}");
+    }
+    assert!(!dir.path().join("runs").exists(), "nothing is written before the inputs are there");
+
+    let plan = runner(dir.path(), &["plan", "--json", recipe], &[]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let v: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert!(!runs.is_empty() && runs.iter().all(|r| r["id"].is_null()));
+    let plan = runner(dir.path(), &["plan", recipe], &[]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert!(plan.stdout.contains("VTAB-1k root folder not found"), "{}", plan.stdout);
+}
+
+#[test]
 fn plan_json_lists_every_run_with_its_id_and_config() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = write(dir.path(), "r.toml", TINY);
