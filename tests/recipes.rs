@@ -1,5 +1,7 @@
 //! Every recipe shipped in `recipes/` is valid and points editors at the schema.
 
+use std::collections::BTreeSet;
+
 use crate::support::{repo, runner};
 
 #[test]
@@ -10,7 +12,11 @@ fn every_shipped_recipe_validates_and_declares_the_schema() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     recipes.sort();
-    assert!(!recipes.is_empty());
+    let names: BTreeSet<String> =
+        recipes.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    for shipped in ["smoke.toml", "vtab_all.toml", "losa_ablations.toml"] {
+        assert!(names.contains(shipped), "recipes/{shipped} is missing; found {names:?}");
+    }
     for path in &recipes {
         let text = std::fs::read_to_string(path).unwrap();
         assert!(
@@ -20,7 +26,60 @@ fn every_shipped_recipe_validates_and_declares_the_schema() {
         );
         let run = runner(&repo(), &["check", path.to_str().unwrap()], &[]);
         assert_eq!(run.code, 0, "{}: {}", path.display(), run.stderr);
+        // The published results a recipe attaches ship with it (paths resolved from the repo root).
+        let resolved: toml::Table = toml::from_str(&run.stdout).unwrap();
+        if let Some(published) = resolved.get("report").and_then(|r| r.get("published")) {
+            let published = repo().join(published.as_str().unwrap());
+            assert!(published.is_file(), "{}: {} not found", path.display(), published.display());
+        }
         let plan = runner(&repo(), &["plan", path.to_str().unwrap()], &[]);
         assert_eq!(plan.code, 0, "{}: {}", path.display(), plan.stderr);
     }
+}
+
+/// The runs of a shipped recipe's plan, from `runner plan --json`.
+fn plan_runs(name: &str) -> Vec<serde_json::Value> {
+    let path = repo().join("recipes").join(name);
+    let run = runner(&repo(), &["plan", "--json", path.to_str().unwrap()], &[]);
+    assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    v["runs"].as_array().unwrap().clone()
+}
+
+/// The recipe's own `seeds`, as written.
+fn seeds(name: &str) -> Vec<u64> {
+    let text = std::fs::read_to_string(repo().join("recipes").join(name)).unwrap();
+    let recipe: toml::Table = toml::from_str(&text).unwrap();
+    recipe["seeds"].as_array().unwrap().iter().map(|s| s.as_integer().unwrap() as u64).collect()
+}
+
+#[test]
+fn vtab_all_plans_every_task_for_five_methods_and_every_seed() {
+    let runs = plan_runs("vtab_all.toml");
+    let seeds = seeds("vtab_all.toml");
+    assert!(!seeds.is_empty());
+    assert_eq!(runs.len(), 19 * 5 * seeds.len());
+    let tasks: BTreeSet<&str> = runs.iter().map(|r| r["task"]["name"].as_str().unwrap()).collect();
+    assert_eq!(tasks.len(), 19);
+    let kinds: BTreeSet<&str> =
+        runs.iter().map(|r| r["config"]["adapter"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, BTreeSet::from(["full", "linear_probe", "lora", "losa", "vpt"]));
+    let planned: BTreeSet<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    assert_eq!(planned, seeds.iter().copied().collect());
+    // The inputs are not on this machine: every run lists them and has no id yet.
+    assert!(runs.iter().all(|r| r["id"].is_null() && r["missing"].as_array().is_some_and(|m| !m.is_empty())));
+}
+
+#[test]
+fn losa_ablations_label_every_method_and_repeat_no_setting() {
+    let runs = plan_runs("losa_ablations.toml");
+    let tasks: BTreeSet<&str> = runs.iter().map(|r| r["task"]["name"].as_str().unwrap()).collect();
+    let labels: BTreeSet<&str> = runs.iter().map(|r| r["labels"]["adapter"].as_str().unwrap()).collect();
+    assert!(
+        labels.iter().all(|l| *l != "losa" && *l != "linear_probe"),
+        "every method is labelled: {labels:?}"
+    );
+    let adapters: BTreeSet<String> = runs.iter().map(|r| r["config"]["adapter"].to_string()).collect();
+    assert_eq!(adapters.len(), labels.len(), "two labels name the same settings");
+    assert_eq!(runs.len(), labels.len() * tasks.len() * seeds("losa_ablations.toml").len());
 }
