@@ -225,8 +225,12 @@ impl Run<'_> {
             Err(e) => {
                 let bad = e.bad_input();
                 let reason = e.to_string();
-                let record =
-                    self.record(RunStatus::Failed { reason: reason.clone() }, FitResult::default(), None, peak);
+                let record = self.record(
+                    RunStatus::Failed { reason: reason.clone() },
+                    FitResult::default(),
+                    None,
+                    peak,
+                );
                 self.write_record(&record, &mut log);
                 return Ended::Failed(Failed { id: self.id.into(), reason, bad_input: bad });
             }
