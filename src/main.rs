@@ -12,6 +12,9 @@ use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How a command ended badly.
 #[derive(Debug)]
 pub enum Failure {

@@ -18,6 +18,10 @@ use losa_framework::recipe::{AdapterConfig, DeviceSpec, LoadOptions};
 use losa_framework::store::read_records;
 use losa_framework::vit::Vit;
 
+/// The allocator `runner` uses (see its main.rs), so the figures are what a run sees.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     variant: String,
     image_size: usize,

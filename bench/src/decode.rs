@@ -22,6 +22,10 @@ use losa_framework::data::{DataError, load_image};
 use losa_framework::recipe::{Interpolation, PreprocessConfig};
 use rayon::prelude::*;
 
+/// The allocator `runner` uses (see its main.rs), so the figures are what a run sees.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const WIDTH: u32 = 500;
 const HEIGHT: u32 = 375;
 const QUALITY: u8 = 75;

@@ -15,6 +15,10 @@ use losa_framework::recipe::{
 };
 use losa_framework::vit::{Grad, NoHooks, Vit, VitConfig, map_tensors, random_weights, seeded_normal};
 
+/// The allocator `runner` uses (see its main.rs), so the figures are what a run sees.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     shape: VitShape,
     image_size: usize,
