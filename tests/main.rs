@@ -5,6 +5,7 @@ mod cli;
 mod data;
 mod embed;
 mod engine;
+mod quickstart;
 mod recipes;
 mod report;
 mod support;

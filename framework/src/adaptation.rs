@@ -141,7 +141,20 @@ pub fn save_adapter(
     let tmp = path.with_extension("safetensors.tmp");
     safetensors::serialize_to_file(tensors, Some(metadata), &tmp).map_err(|e| io(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| io(e.to_string()))?;
+    readable_by_all(path);
     std::fs::metadata(path).map(|m| m.len()).map_err(|e| io(e.to_string()))
+}
+
+/// safetensors writes through a private temporary file (mode 0600); trained weights are results to
+/// share like the records beside them (0644).
+fn readable_by_all(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Loads weights saved by [`save_adapter`] into the method's variables; names and shapes must
