@@ -225,20 +225,39 @@ pub struct Environment {
 impl Environment {
     /// This build on this machine, running on the device described as `device`.
     pub fn current(device: &str) -> Self {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty());
         Self {
             device: device.to_owned(),
             losa_version: env!("CARGO_PKG_VERSION").to_owned(),
             candle_version: env!("LOSA_CANDLE_VERSION").to_owned(),
             git_commit: option_env!("LOSA_GIT_COMMIT").map(str::to_owned),
-            hostname,
+            hostname: hostname(),
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
         }
     }
+}
+
+/// This machine's host name, when known.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// Names this process among every writer of a shared folder: the host name and the process id
+/// (process ids repeat across the nodes of a cluster that share a file system). Part of the name
+/// of every temporary file that is renamed into place.
+pub fn writer_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let host: String = hostname()
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+            .collect();
+        format!("{host}.{}", std::process::id())
+    })
 }
 
 impl RunRecord {

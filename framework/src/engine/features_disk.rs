@@ -1,8 +1,8 @@
 //! A layer's files: `<key folder>/<layer>.<dtype>.bin`, raw little-endian rows, one per image, and
 //! `<layer>.<dtype>.json`, its meta (shape, labels, and the key for people), written last.
 //!
-//! Several processes may write the same layer at once: each writes its own temporary file (named
-//! by process id and a counter) and renames it into place, so a reader sees a whole file or none,
+//! Several processes, on several nodes, may write the same layer at once: each writes its own
+//! temporary file (named by host name, process id and a counter) and renames it into place, so a reader sees a whole file or none,
 //! and a file is never changed in place once there (which keeps memory maps of it valid).
 
 use std::fs::File;
@@ -51,12 +51,13 @@ impl LayerFile {
         self.dir.join(format!("{}.json", self.stem))
     }
 
-    /// A name no other writer uses: other processes differ in pid, other writers in this
+    /// A name no other writer uses: other processes differ in host name and pid (see
+    /// [`writer_tag`](crate::record::writer_tag)), other writers in this
     /// process (threads, several caches on one folder) in the counter.
     fn temporary(&self, ext: &str) -> PathBuf {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{}.{ext}.tmp.{}.{n}", self.stem, std::process::id()))
+        self.dir.join(format!("{}.{ext}.tmp.{}.{n}", self.stem, crate::record::writer_tag()))
     }
 
     /// The layer and its labels if it is complete on disk with `[tokens, width]` rows and, when
