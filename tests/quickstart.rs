@@ -65,8 +65,14 @@ enabled = false
         let random = accuracy(&records, "random", "linear_probe", task);
         let losa = accuracy(&records, "pretrained", "losa", task);
         lines.push(format!("{task}: probe {pretrained:.3} (random backbone {random:.3}), losa {losa:.3}"));
-        assert!(pretrained >= random + 0.10, "{task}: pretrained probe {pretrained} vs random {random}\n{lines:?}");
+        assert!(
+            pretrained >= random + 0.10,
+            "{task}: pretrained probe {pretrained} vs random {random}\n{lines:?}"
+        );
         (probe_sum, losa_sum) = (probe_sum + pretrained, losa_sum + losa);
     }
-    assert!(losa_sum >= probe_sum, "LoSA {losa_sum} vs linear probe {probe_sum} summed over tasks\n{lines:#?}");
+    assert!(
+        losa_sum >= probe_sum,
+        "LoSA {losa_sum} vs linear probe {probe_sum} summed over tasks\n{lines:#?}"
+    );
 }
