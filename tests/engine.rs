@@ -7,6 +7,7 @@ use candle_core::{DType, Result as CandleResult, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse, Taps};
 use losa_framework::engine::execute::{self, Options, Summary};
 use losa_framework::engine::progress::{Control, Event, Progress, Silent};
+use losa_framework::engine::running::{self, Running};
 use losa_framework::recipe::{AdapterConfig, LoadOptions, Recipe};
 use losa_framework::record::RunRecord;
 use losa_framework::store::read_records;
@@ -332,4 +333,67 @@ fn the_smoke_recipe_trains_end_to_end_and_writes_the_report() {
     assert_eq!(read_records(&dir.path().join("out")).unwrap().len(), 8);
     let csv = std::fs::read_to_string(dir.path().join("out/report/results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+}
+
+/// Reads each run's `running.json` at every step of its fit; stops the plan at step `stop_at`.
+struct Markers {
+    runs_dir: std::path::PathBuf,
+    current: Option<String>,
+    seen: Vec<(String, Option<Running>)>,
+    steps: usize,
+    stop_at: usize,
+}
+
+impl Progress for Markers {
+    fn event(&mut self, event: Event<'_>) -> Control {
+        match event {
+            Event::RunStarted { id, .. } => self.current = Some(id.to_owned()),
+            Event::Step { .. } => {
+                let id = self.current.clone().unwrap();
+                let marker = Running::read(&self.runs_dir.join(&id));
+                self.seen.push((id, marker));
+                self.steps += 1;
+                if self.steps == self.stop_at {
+                    return Control::Stop;
+                }
+            }
+            _ => {}
+        }
+        Control::Continue
+    }
+}
+
+#[test]
+fn a_run_in_progress_has_a_running_marker_of_this_process_and_its_end_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = load(dir.path(), RECIPE);
+    let runs_dir = dir.path().join("runs");
+    let no_markers = || {
+        std::fs::read_dir(&runs_dir).unwrap().all(|e| !e.unwrap().path().join(running::RUNNING_FILE).exists())
+    };
+    // Interrupted in the second run (9 steps per run), then to the end.
+    for stop_at in [9 + 4, usize::MAX] {
+        let mut markers =
+            Markers { runs_dir: runs_dir.clone(), current: None, seen: vec![], steps: 0, stop_at };
+        execute_into(&recipe, &runs_dir, false, &mut markers);
+        assert!(!markers.seen.is_empty());
+        for (id, marker) in &markers.seen {
+            let marker = marker.as_ref().unwrap_or_else(|| panic!("{id}: no running.json during the run"));
+            assert_eq!(marker.pid, std::process::id());
+            assert_eq!(marker.alive_here(), Some(true));
+            assert!(marker.started_unix_s > 0);
+        }
+        assert!(no_markers(), "a marker is left after the plan (stop at step {stop_at})");
+    }
+    assert_eq!(read_records(&runs_dir).unwrap().len(), 3);
+
+    // A marker whose process has ended, and one from another host.
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    let pid = ended.id();
+    ended.wait().unwrap();
+    let mut marker = Running::this_process();
+    marker.pid = pid;
+    assert_eq!(marker.alive_here(), Some(false));
+    marker.host = Some("another-host.invalid".into());
+    assert_eq!(marker.alive_here(), None);
 }

@@ -6,6 +6,7 @@
 //! <runs dir>/<run id>/
 //!   run.json             the resolved run: backbone, adapter, dataset task, train, eval, seed
 //!   log.txt              one line per epoch and the outcome
+//!   running.json         which process has the run (removed when the run ends; see `running`)
 //!   resume.safetensors   state after the last finished epoch (removed when the run ends)
 //!   adapter.safetensors  what the method trained (finished runs)
 //!   curves.csv           per-epoch loss, accuracies and learning rate
@@ -207,6 +208,8 @@ impl Run<'_> {
         if let Err(e) = self.prepare() {
             return Ended::Failed(Failed { id: self.id.into(), reason: e, bad_input: false });
         }
+        // Removed when this function returns, after the record is written.
+        let _running = super::running::Marker::create(&self.dir);
         let meter = memory::Meter::start(&self.options.device);
         let mut log = Log::open(&self.dir.join(LOG_FILE), progress);
         let outcome = self.train(index, loaded, cache, build, &meter, &mut log);

@@ -9,4 +9,5 @@ pub mod memory;
 pub mod optim;
 pub mod progress;
 pub mod resume;
+pub mod running;
 pub mod schedule;
