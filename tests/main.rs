@@ -8,4 +8,5 @@ mod engine;
 mod quickstart;
 mod recipes;
 mod report;
+mod slurm;
 mod support;

@@ -62,6 +62,9 @@ pub(crate) fn check(recipe: &Recipe) -> Vec<Found> {
         check_dataset(&mut c, &["datasets".into(), i.to_string()], dataset);
     }
     check_eval(&mut c, &recipe.eval);
+    for (key, message) in recipe.slurm.problems() {
+        c.at(&["slurm".into()], &key, false, || message);
+    }
     c.found
 }
 

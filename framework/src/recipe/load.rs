@@ -223,17 +223,19 @@ fn insert(dict: &mut Dict, keys: &[String], value: Value) {
 }
 
 /// Parses a value as a TOML literal (`3e-4`, `true`, `[0, 1]`, `{ kind = "losa" }`, `"text"`); a
-/// bare word that is no TOML literal (`cuda:0`, `B/16`) is taken as a string. Values that start
+/// bare word that is no TOML literal (`cuda:0`, `B/16`), or a date or time (`02:00:00`), is taken
+/// as a string. Values that start
 /// like a string, list or table must parse.
 pub(crate) fn parse_literal(raw: &str) -> Result<Value, String> {
     if raw.is_empty() {
         return Err("the value is empty; quote an empty string as \"\"".into());
     }
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut table) => {
-            let v = table.remove("v").unwrap_or(toml::Value::Boolean(false));
-            Value::serialize(v).map_err(|e| e.to_string())
-        }
+        Ok(mut table) => match table.remove("v").unwrap_or(toml::Value::Boolean(false)) {
+            // No recipe key holds a date or time: `--set slurm.time=02:00:00` means the text.
+            toml::Value::Datetime(_) => Ok(Value::from(raw.to_owned())),
+            v => Value::serialize(v).map_err(|e| e.to_string()),
+        },
         Err(e) if raw.starts_with(['[', '{', '"', '\'']) => {
             Err(format!("not a valid TOML value: {}", e.message()))
         }

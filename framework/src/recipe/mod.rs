@@ -14,6 +14,7 @@ mod eval;
 mod load;
 mod overrides;
 mod schema;
+mod slurm;
 mod train;
 mod validate;
 
@@ -27,6 +28,7 @@ pub use eval::*;
 pub use load::{LoadOptions, load};
 pub use overrides::TrainOverrides;
 pub use schema::{recipe_schema, schema_json};
+pub use slurm::SlurmConfig;
 pub use train::*;
 
 use std::path::PathBuf;
@@ -69,6 +71,10 @@ pub struct Recipe {
     /// The generated report.
     #[serde(default)]
     pub report: ReportConfig,
+    /// Resources of the Slurm jobs of `runner submit` (partition, GPUs, time, ...). They never
+    /// change a run's id.
+    #[serde(default)]
+    pub slurm: SlurmConfig,
 }
 
 fn default_seeds() -> Vec<u64> {
