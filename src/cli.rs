@@ -55,6 +55,21 @@ pub enum Command {
     },
     /// Print the recipe JSON Schema (draft-07), for editor completion and validation.
     Schema,
+    /// Run the plan on a Slurm cluster: a job array whose task i runs `runner run --shard i/N`
+    /// into one runs folder, and a job that writes the report when the array has ended.
+    Submit(SubmitArgs),
+    /// Show which runs of a plan have finished or failed, are running, were interrupted or have
+    /// not started (what a resubmission would run).
+    Status {
+        /// A recipe file (with the --set and --out it was run or submitted with), or a runs
+        /// folder (the plan of the recipe saved in it by the last `runner run` or `runner submit`).
+        target: PathBuf,
+        #[command(flatten)]
+        layers: Layers,
+        /// The runs folder of the recipe (default: its output.dir, else runs/<recipe name>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Rebuild the report of a runs folder from its run records (nothing is trained): report.html,
     /// results.csv, results.parquet and summary.md.
     Report {
@@ -67,6 +82,13 @@ pub enum Command {
         /// report.published, if any.
         #[arg(long, value_name = "FILE")]
         published: Option<PathBuf>,
+        /// Report only the runs of this recipe's plan, as `runner run` does after a plan (records
+        /// that other versions of the recipe left in the folder stay out); default: every record.
+        #[arg(long, value_name = "FILE")]
+        recipe: Option<PathBuf>,
+        /// Override a key of --recipe, as in `runner run` (the plan's run ids depend on them).
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "recipe")]
+        sets: Vec<String>,
     },
     /// Run a backbone over every image in a folder; save pooled features (and logits) as safetensors.
     Embed(EmbedArgs),
@@ -123,6 +145,45 @@ pub struct EmbedArgs {
     pub device: DeviceSpec,
 }
 
+/// Arguments of `runner submit`. Resources not given here come from the recipe's `[slurm]`.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// The recipe file.
+    pub recipe: PathBuf,
+    #[command(flatten)]
+    pub layers: Layers,
+    /// The runs folder of this recipe (default: the recipe's output.dir, else runs/<recipe name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Array tasks, each running one shard of the plan; default (and at most): one per run.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tasks: Option<u32>,
+    /// Slurm partition (slurm.partition).
+    #[arg(long, value_name = "P")]
+    pub partition: Option<String>,
+    /// Slurm account (slurm.account).
+    #[arg(long, value_name = "A")]
+    pub account: Option<String>,
+    /// GPUs of each array task (slurm.gpus_per_task).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub gpus_per_task: Option<u32>,
+    /// CPU cores of each array task (slurm.cpus_per_task).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus_per_task: Option<u32>,
+    /// Memory of each array task, e.g. 32G (slurm.mem).
+    #[arg(long, value_name = "SIZE")]
+    pub mem: Option<String>,
+    /// Time limit of each array task, e.g. 12:00:00 or 2-00:00:00 (slurm.time).
+    #[arg(long, value_name = "HH:MM:SS")]
+    pub time: Option<String>,
+    /// At most K array tasks at once (slurm.array_parallelism).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub array_parallelism: Option<u32>,
+    /// Print the job scripts and the sbatch commands; write and submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// Parses a value by its recipe name (the serde name of an enum variant).
 fn parse_name<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| e.to_string())
@@ -154,6 +215,10 @@ pub struct RunFlags {
     /// No progress bars: log lines only.
     #[arg(long)]
     pub quiet: bool,
+    /// Do not write the report at the end (the tasks of a `runner submit` job array leave it to
+    /// the report job that runs after them).
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 /// Shard `index` of `count`.

@@ -17,7 +17,7 @@ use crate::Failure;
 use crate::cli::{EmbedArgs, Layers, RunFlags};
 use crate::progress::{Bars, Lines};
 
-fn load(path: &Path, layers: &Layers) -> Result<Recipe, Failure> {
+pub(crate) fn load(path: &Path, layers: &Layers) -> Result<Recipe, Failure> {
     let options = LoadOptions { sets: layers.sets.clone(), env: std::env::vars().collect() };
     Ok(recipe::load(path, &options)?)
 }
@@ -55,7 +55,7 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
     };
     // The report covers the whole plan (every shard), not records of older versions of the recipe.
     let plan_ids = expand(&recipe).into_iter().filter_map(|r| r.id).collect();
-    let report = match recipe.report.enabled {
+    let report = match recipe.report.enabled && !flags.no_report {
         true => write_report(&runs_dir, plan_ids, flags.quiet),
         false => Ok(()),
     };
@@ -86,7 +86,7 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
 
 /// Why `run` cannot start: every missing input (once each), then where such inputs go and the
 /// README section that says how to obtain them.
-fn missing_inputs(recipe: &Path, missing: &[&Missing]) -> String {
+pub(crate) fn missing_inputs(recipe: &Path, missing: &[&Missing]) -> String {
     let lines: BTreeSet<String> =
         missing.iter().map(|m| format!("{} not found: {}", m.what, m.path.display())).collect();
     let lines: Vec<String> = lines.into_iter().collect();
@@ -214,15 +214,48 @@ fn trainable_params(recipe: &Recipe, run: &RunSpec) -> serde_json::Value {
     })
 }
 
+/// `runner status`: of a recipe's plan (with its `--set` and `--out`), or of the plan saved in a
+/// runs folder.
+pub fn status(target: &Path, layers: &Layers, out: Option<PathBuf>) -> Result<(), Failure> {
+    let target = match target.is_dir() {
+        true if !layers.sets.is_empty() || out.is_some() => {
+            return Err(Failure::BadInput(anyhow!(
+                "--set and --out go with a recipe file; {} is a runs folder (its plan is that of the \
+                 recipe saved in it)",
+                target.display()
+            )));
+        }
+        true => crate::status::saved(target)?,
+        false => {
+            let recipe = load(target, layers)?;
+            let resubmit = crate::slurm::runner_command("submit", target, &layers.sets, out.as_deref());
+            let runs_dir = out.unwrap_or_else(|| recipe.runs_dir());
+            crate::status::Target { recipe, runs_dir, resubmit }
+        }
+    };
+    crate::status::show(&target)
+}
+
 /// `runner schema`.
 pub fn schema() -> Result<(), Failure> {
     print!("{}", recipe::schema_json());
     Ok(())
 }
 
-/// `runner report`: rebuild a runs folder's report from its records.
-pub fn report(runs: &Path, out: Option<PathBuf>, published: Option<PathBuf>) -> Result<(), Failure> {
-    let options = losa_reports::ReportOptions { out_dir: out, published, only: None };
+/// `runner report`: rebuild a runs folder's report from its records; with a recipe, of its plan's
+/// runs only.
+pub fn report(
+    runs: &Path,
+    out: Option<PathBuf>,
+    published: Option<PathBuf>,
+    recipe: Option<&Path>,
+    layers: &Layers,
+) -> Result<(), Failure> {
+    let only = match recipe {
+        Some(path) => Some(expand(&load(path, layers)?).into_iter().filter_map(|r| r.id).collect()),
+        None => None,
+    };
+    let options = losa_reports::ReportOptions { out_dir: out, published, only };
     let files = losa_reports::report_runs(runs, &options)?;
     println!("report written to {}", files.dir.display());
     for file in [&files.html, &files.csv, &files.parquet, &files.markdown] {

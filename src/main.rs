@@ -5,12 +5,14 @@ mod check_data;
 mod cli;
 mod commands;
 mod progress;
+mod slurm;
+mod status;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, Layers};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -38,8 +40,12 @@ fn main() -> ExitCode {
         Some(Command::Check { recipes, layers, data }) => commands::check(&recipes, &layers, data),
         Some(Command::Plan { recipe, json, layers }) => commands::plan(&recipe, json, &layers),
         Some(Command::Schema) => commands::schema(),
-        Some(Command::Report { runs, out, published }) => commands::report(&runs, out, published),
+        Some(Command::Report { runs, out, published, recipe, sets }) => {
+            commands::report(&runs, out, published, recipe.as_deref(), &Layers { sets })
+        }
         Some(Command::Embed(args)) => commands::embed(&args),
+        Some(Command::Submit(args)) => slurm::submit(&args),
+        Some(Command::Status { target, layers, out }) => commands::status(&target, &layers, out),
         None => match &cli.recipe {
             Some(recipe) => commands::run(recipe, &cli.run),
             None => {

@@ -7,17 +7,33 @@ fn bare_runner_prints_help_and_every_subcommand_has_help() {
     let dir = tempfile::tempdir().unwrap();
     let run = runner(dir.path(), &[], &[]);
     assert_eq!(run.code, 0);
-    for word in ["Usage:", "run", "check", "plan", "schema"] {
+    for word in ["Usage:", "run", "check", "plan", "schema", "submit", "status", "report"] {
         assert!(run.stdout.contains(word), "help lacks {word}:\n{}", run.stdout);
     }
-    for sub in ["run", "check", "plan", "schema"] {
+    for sub in ["run", "check", "plan", "schema", "submit", "status", "report"] {
         let run = runner(dir.path(), &[sub, "--help"], &[]);
         assert_eq!(run.code, 0, "{sub} --help");
         assert!(run.stdout.contains("Usage:"));
     }
     let run = runner(dir.path(), &["run", "--help"], &[]);
-    for flag in ["--set", "--force", "--shard", "--out", "--quiet"] {
+    for flag in ["--set", "--force", "--shard", "--out", "--quiet", "--no-report"] {
         assert!(run.stdout.contains(flag), "run --help lacks {flag}");
+    }
+    let run = runner(dir.path(), &["submit", "--help"], &[]);
+    for flag in [
+        "--set",
+        "--out",
+        "--tasks",
+        "--partition",
+        "--account",
+        "--gpus-per-task",
+        "--cpus-per-task",
+        "--mem",
+        "--time",
+        "--array-parallelism",
+        "--dry-run",
+    ] {
+        assert!(run.stdout.contains(flag), "submit --help lacks {flag}");
     }
 }
 
