@@ -7,6 +7,7 @@
 //!   <run id>/...             curves, adapter weights
 //!   cache/                   the feature cache (no record.json: not a run)
 //!   report/                  the report (no record.json: not a run)
+//!   slurm/                   `runner submit`'s job scripts and logs (no record.json: not a run)
 //! ```
 //!
 //! Reading here, writing here: records and the recipe are written atomically (a temporary file,
