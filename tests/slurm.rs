@@ -157,6 +157,11 @@ fn submit_dry_run_prints_the_job_array_and_the_report_job_and_writes_nothing() {
     assert!(run.stderr.contains("--time (or slurm.time): expected a time limit"), "{}", run.stderr);
     let run = runner(dir.path(), &["submit", recipe, "--dry-run", "--tasks", "0"], &[]);
     assert_eq!(run.code, 2);
+    // So are missing inputs: nothing is submitted that every task would fail on.
+    let missing = write(dir.path(), "m.toml", &TINY.replace("random_init = 0", "weights = \"none.npz\""));
+    let run = runner(dir.path(), &["submit", missing.to_str().unwrap(), "--dry-run"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("backbone checkpoint not found") && run.stdout.is_empty(), "{}", run.stderr);
 }
 
 #[test]
