@@ -496,7 +496,7 @@ impl Drop for Cluster {
 fn job_id(stdout: &str, what: &str) -> String {
     let rest =
         &stdout[stdout.find(what).unwrap_or_else(|| panic!("no {what:?} in:\n{stdout}")) + what.len()..];
-    rest.trim_start().split_whitespace().next().unwrap().to_owned()
+    rest.split_whitespace().next().unwrap().to_owned()
 }
 
 #[test]
