@@ -14,13 +14,9 @@ fn every_shipped_recipe_validates_and_declares_the_schema() {
     recipes.sort();
     let names: BTreeSet<String> =
         recipes.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for shipped in [
-        "smoke.toml",
-        "quickstart.toml",
-        "pretrain_tiny.toml",
-        "vtab_all.toml",
-        "losa_ablations.toml",
-    ] {
+    for shipped in
+        ["smoke.toml", "quickstart.toml", "pretrain_tiny.toml", "vtab_all.toml", "losa_ablations.toml"]
+    {
         assert!(names.contains(shipped), "recipes/{shipped} is missing; found {names:?}");
     }
     for path in &recipes {
