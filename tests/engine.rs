@@ -397,3 +397,17 @@ fn a_run_in_progress_has_a_running_marker_of_this_process_and_its_end_removes_it
     marker.host = Some("another-host.invalid".into());
     assert_eq!(marker.alive_here(), None);
 }
+
+#[test]
+fn a_resume_state_that_does_not_fit_fails_the_run_with_a_hint_and_force_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = load(dir.path(), &RECIPE.replace("epochs = 3", "epochs = 1"));
+    let id = losa_framework::plan::plan(&recipe)[0].id.clone().unwrap();
+    std::fs::create_dir_all(dir.path().join(&id)).unwrap();
+    std::fs::write(dir.path().join(&id).join("resume.safetensors"), b"not a state").unwrap();
+    let summary = execute_into(&recipe, dir.path(), false, &mut Silent);
+    assert_eq!((summary.failed.len(), summary.finished), (1, 2), "{summary:?}");
+    assert!(summary.failed[0].id == id && summary.failed[0].reason.contains("--force"), "{summary:?}");
+    let summary = execute_into(&recipe, dir.path(), true, &mut Silent);
+    assert!(summary.failed.is_empty() && summary.finished == 3, "{summary:?}");
+}

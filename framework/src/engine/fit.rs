@@ -150,7 +150,11 @@ impl Fit<'_> {
         let mut state = State::default();
         let mut best: Option<Snapshot> = None;
         if let Some(file) = self.state_file.filter(|f| f.is_file()) {
-            let (saved, snapshot) = resume::load(file, &vars, &mut optimizer, self.device)?;
+            let (saved, snapshot) =
+                resume::load(file, &vars, &mut optimizer, self.device).map_err(|mut e| {
+                    e.reason.push_str(" (it does not fit this run; `--force` starts the run over)");
+                    e
+                })?;
             (state, best) = (saved, snapshot);
         }
         let mut result = FitResult {
