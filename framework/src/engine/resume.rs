@@ -125,10 +125,18 @@ pub fn save(
 }
 
 /// The counters of a saved state, without loading its tensors (`None` if it cannot be read).
+/// Reads only the file's header (an 8-byte length, then JSON): the tensors after it can be
+/// gigabytes (a fully finetuned backbone with its optimiser moments).
 pub fn peek(path: &Path) -> Option<State> {
-    let bytes = std::fs::read(path).ok()?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
-    let json = header.metadata().as_ref()?.get(STATE_KEY)?;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
+    let mut header = Vec::new();
+    file.take(len as u64).read_to_end(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let json = header.get("__metadata__")?.get(STATE_KEY)?.as_str()?;
     serde_json::from_str::<Saved>(json).ok().map(|s| s.state)
 }
 
