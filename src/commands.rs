@@ -46,8 +46,7 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
         print!("{}", plan_table(&recipe, &runs, &runs_dir));
     }
     let options = execute::Options { runs_dir: runs_dir.clone(), force: flags.force, device };
-    let build =
-        |adapter: &_, vit: &_, classes, seed, dtype| losa_adapters::build(adapter, vit, classes, seed, dtype);
+    let build = losa_adapters::build;
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let summary = match flags.quiet || !terminal {
         true => execute::execute(&recipe, &runs, &options, &build, &mut Lines),

@@ -28,9 +28,9 @@ impl Progress for Lines {
                 tracing::info!("backbone features of {split} ({images} images): from the feature cache")
             }
             Event::EpochEnded { metrics: m } if m.val_accuracy.is_some() || m.test_accuracy.is_some() => {
-                tracing::info!("{}", epoch_line(m))
+                tracing::info!("{}", m.summary())
             }
-            Event::EpochEnded { metrics: m } => tracing::debug!("{}", epoch_line(m)),
+            Event::EpochEnded { metrics: m } => tracing::debug!("{}", m.summary()),
             Event::RunEnded { record } => match record.failure() {
                 None => tracing::info!("{}", outcome(record)),
                 Some(_) => tracing::warn!("{}", outcome(record)),
@@ -107,7 +107,7 @@ impl Progress for Bars {
             Event::EpochEnded { metrics }
                 if metrics.val_accuracy.is_some() || metrics.test_accuracy.is_some() =>
             {
-                let _ = self.multi.println(format!("  {}", epoch_line(metrics)));
+                let _ = self.multi.println(format!("  {}", metrics.summary()));
             }
             Event::EpochEnded { .. } => {}
             Event::RunEnded { record } => {
@@ -137,22 +137,6 @@ fn style(template: &str) -> ProgressStyle {
 
 fn percent(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", v * 100.0))
-}
-
-fn epoch_line(m: &losa_framework::record::EpochMetrics) -> String {
-    let mut line = format!(
-        "epoch {}: loss {:.4}, train {}",
-        m.epoch,
-        m.train_loss.unwrap_or(f64::NAN),
-        percent(m.train_accuracy)
-    );
-    if m.val_accuracy.is_some() {
-        line.push_str(&format!(", val {}", percent(m.val_accuracy)));
-    }
-    if m.test_accuracy.is_some() {
-        line.push_str(&format!(", test {}", percent(m.test_accuracy)));
-    }
-    line
 }
 
 /// "✓ cifar · losa · seed 0: test 71.20% in 12.3 s (cached features)", or the failure.

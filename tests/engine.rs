@@ -65,20 +65,10 @@ fn load(dir: &Path, text: &str) -> Recipe {
     losa_framework::recipe::load(&path, &LoadOptions::default()).unwrap()
 }
 
-fn build(
-    adapter: &AdapterConfig,
-    vit: &Vit,
-    classes: usize,
-    seed: u64,
-    dtype: DType,
-) -> CandleResult<Box<dyn Adaptation>> {
-    losa_adapters::build(adapter, vit, classes, seed, dtype)
-}
-
 fn execute_into(recipe: &Recipe, runs_dir: &Path, force: bool, progress: &mut dyn Progress) -> Summary {
     let runs = losa_framework::plan::plan(recipe);
     let options = Options { runs_dir: runs_dir.to_owned(), force, device: candle_core::Device::Cpu };
-    execute::execute(recipe, &runs, &options, &build, progress)
+    execute::execute(recipe, &runs, &options, &losa_adapters::build, progress)
 }
 
 /// A record without what differs between identical runs: times, memory, machine.
@@ -243,7 +233,7 @@ fn a_diverging_redo_is_recorded_beside_the_finished_record_and_never_replaces_it
     let before = read_records(dir.path()).unwrap();
     let poisoned =
         |a: &AdapterConfig, vit: &Vit, c: usize, s: u64, d: DType| -> CandleResult<Box<dyn Adaptation>> {
-            Ok(Box::new(Poisoned(build(a, vit, c, s, d)?)))
+            Ok(Box::new(Poisoned(losa_adapters::build(a, vit, c, s, d)?)))
         };
     let runs = losa_framework::plan::plan(&recipe);
     let options = Options { runs_dir: dir.path().to_owned(), force: true, device: candle_core::Device::Cpu };

@@ -10,13 +10,10 @@
 
 use std::path::Path;
 
-use candle_core::DType;
-use losa_framework::adaptation::Adaptation;
 use losa_framework::engine::execute::{Options, execute};
 use losa_framework::engine::progress::Silent;
-use losa_framework::recipe::{AdapterConfig, DeviceSpec, LoadOptions};
+use losa_framework::recipe::{DeviceSpec, LoadOptions};
 use losa_framework::store::read_records;
-use losa_framework::vit::Vit;
 
 /// The allocator `runner` uses (see its main.rs), so the figures are what a run sees.
 #[global_allocator]
@@ -108,16 +105,6 @@ enabled = false
     )
 }
 
-fn build(
-    a: &AdapterConfig,
-    vit: &Vit,
-    classes: usize,
-    seed: u64,
-    dtype: DType,
-) -> candle_core::Result<Box<dyn Adaptation>> {
-    losa_adapters::build(a, vit, classes, seed, dtype)
-}
-
 /// Trains one configuration; per seed: (train s, cache s, epoch s, peak bytes).
 fn measure(dir: &Path, text: &str, epochs: usize) -> Result<Vec<(f64, f64, f64, u64)>, String> {
     let path = dir.join("recipe.toml");
@@ -126,7 +113,7 @@ fn measure(dir: &Path, text: &str, epochs: usize) -> Result<Vec<(f64, f64, f64, 
     let device = recipe.device.open().map_err(|e| e.to_string())?;
     let runs = losa_framework::plan::plan(&recipe);
     let options = Options { runs_dir: dir.join("runs"), force: false, device };
-    let summary = execute(&recipe, &runs, &options, &build, &mut Silent);
+    let summary = execute(&recipe, &runs, &options, &losa_adapters::build, &mut Silent);
     if let Some(f) = summary.failed.first() {
         return Err(format!("{}: {}", f.id, f.reason));
     }

@@ -222,6 +222,26 @@ pub struct Environment {
     pub os: String,
 }
 
+impl EpochMetrics {
+    /// One line for people: "epoch 3: loss 1.2345, train 45.00%, val 50.00%, lr 1.0e-3" (the
+    /// accuracies that were not measured are left out).
+    pub fn summary(&self) -> String {
+        let percent = |v: f64| format!("{:.2}%", v * 100.0);
+        let mut line = format!("epoch {}: loss {:.4}", self.epoch, self.train_loss.unwrap_or(f64::NAN));
+        for (name, value) in
+            [("train", self.train_accuracy), ("val", self.val_accuracy), ("test", self.test_accuracy)]
+        {
+            if let Some(v) = value {
+                line.push_str(&format!(", {name} {}", percent(v)));
+            }
+        }
+        if let Some(lr) = self.lr {
+            line.push_str(&format!(", lr {lr:.3e}"));
+        }
+        line
+    }
+}
+
 impl Environment {
     /// This build on this machine, running on the device described as `device`.
     pub fn current(device: &str) -> Self {

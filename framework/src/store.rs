@@ -129,9 +129,14 @@ pub fn read_records(runs_dir: &Path) -> Result<Vec<RunRecord>, StoreError> {
 
 /// Writes `record` to `run_dir/record.json` atomically, creating the folder.
 pub fn write_record(run_dir: &Path, record: &RunRecord) -> Result<PathBuf, StoreError> {
+    write_record_file(&run_dir.join(RECORD_FILE), record)
+}
+
+/// Writes `record` as JSON to `path` atomically (e.g. a failed redo's record beside a finished one).
+pub fn write_record_file(path: &Path, record: &RunRecord) -> Result<PathBuf, StoreError> {
     let text = serde_json::to_string_pretty(record)
-        .map_err(|e| StoreError::BadRecord { path: run_dir.join(RECORD_FILE), message: e.to_string() })?;
-    write_atomic(&run_dir.join(RECORD_FILE), &text)
+        .map_err(|e| StoreError::BadRecord { path: path.to_owned(), message: e.to_string() })?;
+    write_atomic(path, text)
 }
 
 /// A recipe as saved in a runs folder.
@@ -178,15 +183,19 @@ fn read(path: &Path) -> Result<String, StoreError> {
     })
 }
 
-/// Writes through a temporary file in the same folder and renames it over `path`.
-fn write_atomic(path: &Path, text: &str) -> Result<PathBuf, StoreError> {
+/// Writes through a temporary file in the same folder (named by this writer, so concurrent
+/// processes never share one) and renames it over `path`, creating the folder: a reader sees the
+/// old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> Result<PathBuf, StoreError> {
     let io = |source| StoreError::Io { action: "write", path: path.to_owned(), source };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", crate::record::writer_tag()));
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     Ok(path.to_owned())
 }
 

@@ -490,15 +490,13 @@ impl Run<'_> {
         let existing = self.dir.join(RECORD_FILE);
         let keep_finished = !record.finished() && store::read_record(&existing).is_ok_and(|r| r.finished());
         let result = match keep_finished {
-            true => serde_json::to_string_pretty(record)
-                .map_err(|e| e.to_string())
-                .and_then(|t| write_atomic(&self.dir.join(FAILED_RECORD_FILE), t.as_bytes())),
-            false => store::write_record(&self.dir, record).map(|_| ()).map_err(|e| e.to_string()),
+            true => store::write_record_file(&self.dir.join(FAILED_RECORD_FILE), record),
+            false => store::write_record(&self.dir, record),
         };
         match (result, record.failure()) {
             (Err(e), _) => log.line(&format!("cannot write the record: {e}")),
-            (Ok(()), None) => log.line("finished"),
-            (Ok(()), Some(reason)) => log.line(&format!("failed: {reason}")),
+            (Ok(_), None) => log.line("finished"),
+            (Ok(_), Some(reason)) => log.line(&format!("failed: {reason}")),
         }
         log.progress.event(Event::RunEnded { record });
     }
@@ -543,10 +541,7 @@ fn write_curves(path: &Path, curves: &[crate::record::EpochMetrics]) -> Result<(
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension(format!("{}.tmp", crate::record::writer_tag()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    store::write_atomic(path, bytes).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Passes events on, and appends to the run's log file: one line per epoch and the outcome, each
@@ -579,18 +574,7 @@ impl Progress for Log<'_> {
             Event::RunStarted { id, from_epoch, epochs, .. } => {
                 self.line(&format!("run {id}: resuming after epoch {from_epoch} of {epochs}"))
             }
-            Event::EpochEnded { metrics: m } => {
-                let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}%", v * 100.0));
-                self.line(&format!(
-                    "epoch {}: loss {:.4} train {} val {} test {} lr {:.3e}",
-                    m.epoch,
-                    m.train_loss.unwrap_or(f64::NAN),
-                    pct(m.train_accuracy),
-                    pct(m.val_accuracy),
-                    pct(m.test_accuracy),
-                    m.lr.unwrap_or(0.0)
-                ))
-            }
+            Event::EpochEnded { metrics } => self.line(&metrics.summary()),
             _ => {}
         }
         self.progress.event(event)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{hostname, writer_tag};
+use crate::record::hostname;
 
 /// File name of the marker inside a run folder.
 pub const RUNNING_FILE: &str = "running.json";
@@ -87,10 +87,7 @@ impl Marker {
         let path = run_dir.join(RUNNING_FILE);
         let running = Running::this_process();
         if let Ok(text) = serde_json::to_string_pretty(&running) {
-            let tmp = path.with_extension(format!("{}.tmp", writer_tag()));
-            if std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
+            let _ = crate::store::write_atomic(&path, text);
         }
         Self { path, running }
     }
