@@ -159,6 +159,22 @@ fn bad_input_exits_2_with_a_message_naming_the_culprit() {
             vec![],
             "image_size: expected a positive multiple of the patch size 16, found 100",
         ),
+        // The engine's output settings.
+        (
+            vec!["check", recipe, "--set", "output.cache_dtype=\"f8\""],
+            vec![],
+            "--set output.cache_dtype: output.cache_dtype: expected one of \"auto\"",
+        ),
+        (
+            vec!["check", recipe, "--set", "output.checkpoint_every=-1"],
+            vec![],
+            "output.checkpoint_every: expected a value of at least 0, found -1",
+        ),
+        (
+            vec!["run", recipe, "--set", "output.feature_cache=3"],
+            vec![],
+            "output.feature_cache: expected true or false, found 3",
+        ),
     ];
     for (args, env, fragment) in cases {
         let run = runner(dir.path(), &args, &env);
