@@ -12,5 +12,6 @@ pub mod engine;
 pub mod plan;
 pub mod recipe;
 pub mod record;
+pub mod select;
 pub mod store;
 pub mod vit;

@@ -6,7 +6,10 @@ use serde_json::{Value, json};
 
 use crate::canonical::{canonical_json, prune_defaults, sha256_hex};
 use crate::data::identity::{self, DatasetTask, FileHashes, Missing};
-use crate::recipe::{BackboneConfig, EvalConfig, PreprocessConfig, Recipe, Split, TrainConfig};
+use crate::recipe::{
+    BackboneConfig, EvalConfig, PreprocessConfig, Protocol, Recipe, Setting, Split, TrainConfig, sweep,
+};
+pub use crate::select::{Choice, Choices, GroupKey};
 
 /// Hex digits of the config hash kept in a run id.
 const ID_HASH_LEN: usize = 10;
@@ -33,6 +36,37 @@ pub struct RunSpec {
     /// Inputs that are not there (the run cannot start until they are).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<Missing>,
+    /// The sweep setting and stage; absent when the recipe sweeps nothing under "fixed".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepRun>,
+}
+
+/// Where a run stands in a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SweepRun {
+    /// The recipe's protocol.
+    pub protocol: Protocol,
+    /// The stage this run belongs to.
+    pub stage: Stage,
+    /// The setting's index in its method's grid, in canonical order.
+    pub index: usize,
+    /// Swept key → value.
+    pub setting: Setting,
+    /// In the final stage: the mean val200 accuracy that chose the setting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
+}
+
+/// The stage of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// `protocol = "fixed"`: the setting as given, on the recipe's splits.
+    Fixed,
+    /// Tuning: train800 -> val200.
+    Tune,
+    /// The chosen setting: train800val200 -> test.
+    Final,
 }
 
 /// Human-readable names of a run's parts.
@@ -47,12 +81,39 @@ pub struct RunLabels {
 }
 
 /// Expands a validated recipe into its runs, in a fixed order: backbone, dataset, task, adapter,
-/// seed.
+/// sweep setting (canonical order), seed. Under `protocol = "tune_then_test"` these are the
+/// tuning runs; [`plan_final`] gives the runs of the chosen settings.
 pub fn plan(recipe: &Recipe) -> Vec<RunSpec> {
+    let stage = match recipe.protocol {
+        Protocol::Fixed => Stage::Fixed,
+        Protocol::TuneThenTest => Stage::Tune,
+    };
+    expand(recipe, stage, |_, ai| {
+        sweep::settings_for(recipe, &recipe.adapters[ai]).into_iter().map(|(i, s)| (i, s, None)).collect()
+    })
+}
+
+/// The final runs of `protocol = "tune_then_test"`: each method × task's chosen setting on
+/// train800val200 → test with the recipe's seeds. Groups without a choice (tuning unfinished)
+/// have no runs yet.
+pub fn plan_final(recipe: &Recipe, choices: &Choices) -> Vec<RunSpec> {
+    expand(recipe, Stage::Final, |key, _| {
+        choices.get(key).map(|c| vec![(c.index, c.setting.clone(), Some(c.val_accuracy))]).unwrap_or_default()
+    })
+}
+
+/// A stage's settings of one group: (index in canonical order, setting, score that chose it).
+type Picked = Vec<(usize, Setting, Option<f64>)>;
+
+fn expand(recipe: &Recipe, stage: Stage, pick: impl Fn(&GroupKey, usize) -> Picked) -> Vec<RunSpec> {
+    let base = stage_recipe(recipe, stage);
     let mut hashes = FileHashes::default();
-    let splits = splits_read(&recipe.eval);
+    let splits = splits_read(&base.eval);
     let backbones: Vec<(Value, Vec<Missing>)> =
         recipe.backbones.iter().map(|b| backbone_identity(b, &mut hashes)).collect();
+    let swept = stage != Stage::Fixed
+        || !recipe.sweep.grid.is_empty()
+        || recipe.adapters.iter().any(|a| !a.sweep().is_empty());
     let mut runs = Vec::new();
     for (bi, backbone) in recipe.backbones.iter().enumerate() {
         for (di, dataset) in recipe.datasets.iter().enumerate() {
@@ -61,45 +122,81 @@ pub fn plan(recipe: &Recipe) -> Vec<RunSpec> {
                     Ok(v) => (v, vec![]),
                     Err(m) => (Value::Null, m),
                 };
-                for (ai, adapter) in recipe.adapters.iter().enumerate() {
-                    let train = recipe.train_for(adapter).unwrap_or_else(|_| recipe.train.clone());
-                    for &seed in &recipe.seeds {
-                        let mut missing = backbones[bi].1.clone();
-                        missing.extend(data_missing.iter().cloned());
-                        let config = json!({
-                            "backbone": backbones[bi].0,
-                            "adapter": adapter_identity(adapter),
-                            "train": pruned(&train, &TrainConfig::default()),
-                            "dataset": data_id,
-                            "preprocess": pruned(dataset.preprocess(), &PreprocessConfig::default()),
-                            "eval": pruned(&recipe.eval, &EvalConfig::default()),
-                            "seed": seed,
+                for ai in 0..recipe.adapters.len() {
+                    let key = GroupKey { backbone: bi, dataset: di, task: task.name.clone(), adapter: ai };
+                    for (index, setting, val_accuracy) in pick(&key, ai) {
+                        // Checks applied every swept value, so this only falls back on a bug.
+                        let variant = sweep::apply(&base, ai, &setting).unwrap_or_else(|_| base.clone());
+                        let adapter = &variant.adapters[ai];
+                        let train = variant.train_for(adapter).unwrap_or_else(|_| variant.train.clone());
+                        let info = swept.then(|| SweepRun {
+                            protocol: recipe.protocol,
+                            stage,
+                            index,
+                            setting: setting.clone(),
+                            val_accuracy,
                         });
-                        let id = missing.is_empty().then(|| {
-                            let hash = sha256_hex(canonical_json(&config).as_bytes());
-                            format!("{}-{}-s{seed}-{}", task.name, adapter.kind(), &hash[..ID_HASH_LEN])
-                        });
-                        runs.push(RunSpec {
-                            id,
-                            backbone: bi,
-                            adapter: ai,
-                            dataset: di,
-                            task: task.clone(),
-                            seed,
-                            labels: RunLabels {
-                                backbone: backbone.display_name(),
-                                adapter: adapter.display_name(),
-                                dataset: dataset.kind().into(),
-                            },
-                            config,
-                            missing,
-                        });
+                        for &seed in &recipe.seeds {
+                            let mut missing = backbones[bi].1.clone();
+                            missing.extend(data_missing.iter().cloned());
+                            let config = json!({
+                                "backbone": backbones[bi].0,
+                                "adapter": adapter_identity(adapter),
+                                "train": pruned(&train, &TrainConfig::default()),
+                                "dataset": data_id,
+                                "preprocess": pruned(dataset.preprocess(), &PreprocessConfig::default()),
+                                "eval": pruned(&variant.eval, &EvalConfig::default()),
+                                "seed": seed,
+                            });
+                            let id = missing.is_empty().then(|| {
+                                let hash = sha256_hex(canonical_json(&config).as_bytes());
+                                format!("{}-{}-s{seed}-{}", task.name, adapter.kind(), &hash[..ID_HASH_LEN])
+                            });
+                            runs.push(RunSpec {
+                                id,
+                                backbone: bi,
+                                adapter: ai,
+                                dataset: di,
+                                task: task.clone(),
+                                seed,
+                                labels: RunLabels {
+                                    backbone: backbone.display_name(),
+                                    adapter: recipe.adapters[ai].display_name(),
+                                    dataset: dataset.kind().into(),
+                                },
+                                config,
+                                missing,
+                                sweep: info.clone(),
+                            });
+                        }
                     }
                 }
             }
         }
     }
     runs
+}
+
+/// The recipe a run trains with: its stage's split pair and its sweep setting applied.
+pub fn run_recipe(recipe: &Recipe, spec: &RunSpec) -> Recipe {
+    let Some(s) = &spec.sweep else { return recipe.clone() };
+    let base = stage_recipe(recipe, s.stage);
+    sweep::apply(&base, spec.adapter, &s.setting).unwrap_or(base)
+}
+
+/// The recipe with the stage's split pair: tuning trains on train800 and scores on val200 (its
+/// "test" split, so the record's accuracy there is the tuning score); the final stage trains on
+/// train800val200 and tests on test. Checks keep `tune_then_test` recipes at `select = "last"`.
+fn stage_recipe(recipe: &Recipe, stage: Stage) -> Recipe {
+    let mut r = recipe.clone();
+    let pair = match stage {
+        Stage::Fixed => return r,
+        Stage::Tune => (Split::Train800, Split::Val200),
+        Stage::Final => (Split::Train800Val200, Split::Test),
+    };
+    (r.eval.train_split, r.eval.test_split) = pair;
+    r.eval.val_split = None;
+    r
 }
 
 /// The splits a run reads: the training and test splits, and the validation split when set.
@@ -117,13 +214,14 @@ fn pruned<T: Serialize>(value: &T, default: &T) -> Value {
     v
 }
 
-/// The adapter's settings without its label and train overrides (those enter as `train`), with
+/// The adapter's settings without its label, sweep and train overrides (those enter as `train`), with
 /// default values omitted; `kind` always stays.
 fn adapter_identity(adapter: &crate::recipe::AdapterConfig) -> Value {
     let mut v = pruned(adapter, &adapter.defaults());
     if let Value::Object(map) = &mut v {
         map.remove("label");
         map.remove("train");
+        map.remove("sweep");
         map.insert("kind".into(), adapter.kind().into());
     }
     v

@@ -171,3 +171,34 @@ fn shards_are_disjoint_balanced_and_cover_the_plan() {
     expected.sort();
     assert_eq!(seen, expected);
 }
+
+#[test]
+fn a_fixed_sweep_runs_every_setting_with_its_own_id_and_a_plain_recipe_is_unchanged() {
+    let swept = format!("{BASE}[sweep]\ngrid = {{ \"train.lr\" = [0.1, 0.2] }}\n");
+    let dir = tempfile::tempdir().unwrap();
+    let runs = runs_in(dir.path(), &swept, &[]);
+    assert_eq!(runs.len(), 3 * 2 * 2 * 2);
+    let unique: std::collections::BTreeSet<_> = runs.iter().map(|r| r.id.clone().unwrap()).collect();
+    assert_eq!(unique.len(), runs.len());
+    let s = runs[0].sweep.as_ref().unwrap();
+    assert_eq!((s.stage, s.index), (Stage::Fixed, 0));
+    assert_eq!(runs[0].config["train"]["lr"], serde_json::json!(0.1));
+    // A setting equal to the plain recipe's own value is the same run as without the sweep.
+    let plain = runs_in(dir.path(), BASE, &["train.lr=0.1"]);
+    assert!(plain.iter().all(|r| r.sweep.is_none()));
+    assert_eq!(plain[0].id, runs[0].id);
+}
+
+#[test]
+fn a_swept_value_that_breaks_the_recipe_is_reported_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(
+        &path,
+        format!("{BASE}[sweep]\ngrid = {{ \"train.lr\" = [0.1, \"fast\"], \"seeds\" = [1] }}\n"),
+    )
+    .unwrap();
+    let err = load(&path, &LoadOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("train.lr = \"fast\""), "{err}");
+    assert!(err.contains("cannot sweep \"seeds\""), "{err}");
+}

@@ -122,6 +122,15 @@ pub fn execute(
             summary.skipped += 1;
             continue;
         }
+        // A swept run trains with its stage's splits and its setting applied.
+        let swept;
+        let recipe = match &spec.sweep {
+            None => recipe,
+            Some(_) => {
+                swept = crate::plan::run_recipe(recipe, spec);
+                &swept
+            }
+        };
         let run = Run { recipe, spec, id: &id, dir: options.runs_dir.join(&id), options };
         match run.execute(index, &mut loaded, &mut cache, build, progress) {
             Ended::Finished => summary.finished += 1,
@@ -268,6 +277,7 @@ impl Run<'_> {
             "train": self.recipe.train_for(adapter).map_err(|e| e.to_string())?,
             "eval": self.recipe.eval,
             "config": self.spec.config,
+            "sweep": self.spec.sweep,
         });
         let text = serde_json::to_string_pretty(&run).map_err(|e| e.to_string())?;
         write_atomic(&self.dir.join(RUN_FILE), text.as_bytes())

@@ -8,6 +8,7 @@ pub mod loss;
 pub mod memory;
 pub mod optim;
 pub mod progress;
+pub mod protocol;
 pub mod resume;
 pub mod running;
 pub mod schedule;

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::overrides::TrainOverrides;
+use super::sweep::SweepGrid;
 
 /// An adaptation method, chosen by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -97,6 +98,10 @@ macro_rules! adapter_config {
             /// Default: none.
             #[serde(skip_serializing_if = "TrainOverrides::is_empty")]
             pub train: TrainOverrides,
+            /// Keys swept for this method, over `[sweep.grid]`, e.g. `{ "train.lr" = [1e-3, 3e-3] }`.
+            /// Default: none.
+            #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+            pub sweep: SweepGrid,
             $($(#[$fmeta])* pub $field: $ty,)*
         }
 
@@ -106,6 +111,7 @@ macro_rules! adapter_config {
                     label: None,
                     pool: Pool::$pool,
                     train: TrainOverrides::default(),
+                    sweep: SweepGrid::default(),
                     $($field: $default,)*
                 }
             }
@@ -325,10 +331,15 @@ impl AdapterConfig {
         }
     }
 
-    fn common(&self) -> (&Option<String>, &Pool, &TrainOverrides) {
+    /// This method's own swept keys.
+    pub fn sweep(&self) -> &SweepGrid {
+        self.common().3
+    }
+
+    fn common(&self) -> (&Option<String>, &Pool, &TrainOverrides, &SweepGrid) {
         macro_rules! common {
             ($c:expr) => {
-                (&$c.label, &$c.pool, &$c.train)
+                (&$c.label, &$c.pool, &$c.train, &$c.sweep)
             };
         }
         match self {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::validate::Found;
+use super::validate::{Found, key_path};
 use super::*;
 use crate::data::{synthetic, vtab};
 
@@ -62,6 +62,8 @@ pub(crate) fn check(recipe: &Recipe) -> Vec<Found> {
         check_dataset(&mut c, &["datasets".into(), i.to_string()], dataset);
     }
     check_eval(&mut c, &recipe.eval);
+    check_protocol(&mut c, recipe);
+    check_sweeps(&mut c, recipe);
     for (key, message) in recipe.slurm.problems() {
         c.at(&["slurm".into()], &key, false, || message);
     }
@@ -351,4 +353,76 @@ fn check_eval(c: &mut Checker, e: &EvalConfig) {
         "\"best_val\" needs a `val_split` that does not overlap `train_split` (e.g. train_split = \"train800\", val_split = \"val200\")".into()
     });
     c.at(&at, "batch_size", e.batch_size > 0, || "expected a positive batch size, found 0".into());
+}
+
+fn check_protocol(c: &mut Checker, recipe: &Recipe) {
+    if recipe.protocol != Protocol::TuneThenTest {
+        return;
+    }
+    let e = &recipe.eval;
+    let defaults = EvalConfig::default();
+    let why = "protocol = \"tune_then_test\" sets the splits itself (train800 -> val200, then \
+               train800val200 -> test)";
+    for (key, ok) in [
+        ("train_split", e.train_split == defaults.train_split),
+        ("test_split", e.test_split == defaults.test_split),
+        ("val_split", e.val_split.is_none()),
+    ] {
+        c.at(&["eval".into()], key, ok, || format!("{why}; leave `eval.{key}` unset"));
+    }
+    c.at(&["eval".into()], "select", e.select == Selection::Last, || {
+        format!("{why}, and it reports the last epoch; use select = \"last\"")
+    });
+}
+
+/// Every swept key must be sweepable and every value must make a valid recipe when applied alone.
+fn check_sweeps(c: &mut Checker, recipe: &Recipe) {
+    // Checking a value checks the recipe of that setting, which sweeps nothing: this return ends
+    // that recursion.
+    if recipe.sweep.grid.is_empty() && recipe.adapters.iter().all(|a| a.sweep().is_empty()) {
+        return;
+    }
+    let base = check_without_sweeps(recipe);
+    let global = ["sweep".to_owned(), "grid".to_owned()];
+    let mut grids: Vec<(Vec<String>, Option<usize>, &SweepGrid)> =
+        vec![(global.to_vec(), None, &recipe.sweep.grid)];
+    for (i, a) in recipe.adapters.iter().enumerate() {
+        grids.push((vec!["adapters".into(), i.to_string(), "sweep".into()], Some(i), a.sweep()));
+    }
+    for (at, only, grid) in grids {
+        for (key, values) in grid {
+            let key_at = [at.clone(), vec![key.clone()]].concat();
+            if let Some(problem) = key_problem(key) {
+                c.push(&key_at, problem);
+                continue;
+            }
+            if values.is_empty() {
+                c.push(&key_at, "expected at least one value".into());
+            }
+            let adapters: Vec<usize> = only.map_or_else(|| (0..recipe.adapters.len()).collect(), |i| vec![i]);
+            for value in values {
+                for &ai in &adapters {
+                    let setting = Setting::from([(key.clone(), value.clone())]);
+                    let found = match apply(recipe, ai, &setting) {
+                        Ok(variant) => check(&variant).into_iter().filter(|p| !base.contains(p)).collect(),
+                        Err(e) => vec![(vec![], e)],
+                    };
+                    for (path, message) in found {
+                        let place =
+                            if path.is_empty() { String::new() } else { format!("{}: ", key_path(&path)) };
+                        c.push(&key_at, format!("with {key} = {value}: {place}{message}"));
+                    }
+                }
+            }
+        }
+    }
+    c.found.dedup();
+}
+
+/// The recipe's own problems, apart from its sweeps (what a swept value adds is reported alone).
+fn check_without_sweeps(recipe: &Recipe) -> Vec<Found> {
+    match apply(recipe, 0, &Setting::new()) {
+        Ok(plain) => check(&plain),
+        Err(_) => vec![],
+    }
 }

@@ -15,6 +15,7 @@ mod load;
 mod overrides;
 mod schema;
 mod slurm;
+pub mod sweep;
 mod train;
 mod validate;
 
@@ -29,6 +30,7 @@ pub use load::{LoadOptions, load};
 pub use overrides::TrainOverrides;
 pub use schema::{recipe_schema, schema_json};
 pub use slurm::SlurmConfig;
+pub use sweep::*;
 pub use train::*;
 
 use std::path::PathBuf;
@@ -59,6 +61,14 @@ pub struct Recipe {
     /// Training settings shared by every method (each may override them in its own `train`).
     #[serde(default)]
     pub train: TrainConfig,
+    /// Settings to sweep for every method (each may add its own in its `sweep`). Default: none.
+    #[serde(default, skip_serializing_if = "SweepConfig::is_empty")]
+    pub sweep: SweepConfig,
+    /// How swept settings are used: "fixed" runs each as given; "tune_then_test" picks the best
+    /// per method × task on train800 → val200 and runs it on train800val200 → test.
+    /// Default: "fixed".
+    #[serde(default, skip_serializing_if = "Protocol::is_fixed")]
+    pub protocol: Protocol,
     /// Split pair, selection rule and evaluation interval.
     #[serde(default)]
     pub eval: EvalConfig,
