@@ -10,7 +10,7 @@ use losa_framework::engine::execute::{Options, execute};
 use losa_framework::engine::progress::Silent;
 use losa_framework::engine::protocol::{choices, execute_protocol};
 use losa_framework::plan::{Stage, plan, plan_final};
-use losa_framework::recipe::{LoadOptions, Recipe, load};
+use losa_framework::recipe::{LoadOptions, Protocol, Recipe, load};
 
 const RECIPE: &str = r#"
 name = "sweep"
@@ -62,6 +62,9 @@ fn tuning_then_the_chosen_setting_on_the_final_splits_and_a_rerun_resumes_betwee
     // Only the tuning stage ran (say, the job ended there): the protocol picks up from it.
     let first = execute(&recipe, &tuning, &options, &losa_adapters::build, &mut Silent);
     assert_eq!((first.finished, first.failed.len()), (4, 0));
+    for r in losa_framework::store::read_records(&options.runs_dir).unwrap() {
+        assert_eq!(r.sweep.unwrap().stage, Stage::Tune, "the record says its stage");
+    }
     let chosen = choices(&tuning, &options);
     assert_eq!(chosen.len(), 1);
     let choice = chosen.values().next().unwrap();
@@ -78,6 +81,9 @@ fn tuning_then_the_chosen_setting_on_the_final_splits_and_a_rerun_resumes_betwee
             losa_framework::store::read_record(&options.runs_dir.join(id).join("record.json")).unwrap();
         let splits: Vec<String> = record.accuracy.iter().map(|a| a.split.to_string()).collect();
         assert_eq!(splits, ["test"], "{id}");
+        let kept = record.sweep.as_ref().unwrap();
+        assert_eq!((kept.protocol, kept.stage), (Protocol::TuneThenTest, Stage::Final));
+        assert_eq!((&kept.setting, kept.val_accuracy), (&choice.setting, Some(choice.val_accuracy)));
         let run_json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(options.runs_dir.join(id).join("run.json")).unwrap(),
         )

@@ -1,7 +1,7 @@
 //! The plan: every run a recipe expands to (backbones × adapters × dataset tasks × seeds), each
 //! with a stable id derived from what determines its result.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::canonical::{canonical_json, prune_defaults, sha256_hex};
@@ -42,7 +42,8 @@ pub struct RunSpec {
 }
 
 /// Where a run stands in a sweep.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SweepRun {
     /// The recipe's protocol.
     pub protocol: Protocol,
@@ -53,12 +54,12 @@ pub struct SweepRun {
     /// Swept key → value.
     pub setting: Setting,
     /// In the final stage: the mean val200 accuracy that chose the setting.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_accuracy: Option<f64>,
 }
 
 /// The stage of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// `protocol = "fixed"`: the setting as given, on the recipe's splits.

@@ -52,6 +52,10 @@ pub struct RunRecord {
     pub selection: SelectionInfo,
     /// Where and with what the run ran.
     pub environment: Environment,
+    /// The run's place in a sweep: protocol, stage, setting and (final stage) the val200 accuracy
+    /// that chose it; absent when the recipe sweeps nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::plan::SweepRun>,
 }
 
 /// Display names of a run's parts (the plan's labels, plus the task and seed).

@@ -144,5 +144,6 @@ fn record(
             hostname: None,
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
         },
+        sweep: None,
     }
 }

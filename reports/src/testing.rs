@@ -81,5 +81,6 @@ pub fn record(
             hostname: Some("test".into()),
             os: "linux x86_64".into(),
         },
+        sweep: None,
     }
 }

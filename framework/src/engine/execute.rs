@@ -492,6 +492,7 @@ impl Run<'_> {
                 selected_on_test: eval.select == crate::recipe::Selection::BestTest,
             },
             environment: Environment::current(&describe(&self.options.device)),
+            sweep: self.spec.sweep.clone(),
         }
     }
 
