@@ -7,8 +7,8 @@ use anyhow::{Context, anyhow};
 use losa_framework::backbone::load_backbone;
 use losa_framework::data::identity::Missing;
 use losa_framework::embed as embedding;
-use losa_framework::engine::execute;
-use losa_framework::plan::{RunSpec, plan as expand, shard};
+use losa_framework::engine::{execute, protocol};
+use losa_framework::plan::{RunSpec, plan as expand, plan_final, shard};
 use losa_framework::recipe::{self, BackboneConfig, LoadOptions, PreprocessConfig, Recipe};
 use losa_framework::store;
 use losa_framework::vit::VitConfig;
@@ -48,19 +48,42 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
     let options = execute::Options { runs_dir: runs_dir.clone(), force: flags.force, device };
     let build = losa_adapters::build;
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let summary = match flags.quiet || !terminal {
-        true => execute::execute(&recipe, &runs, &options, &build, &mut Lines),
-        false => execute::execute(&recipe, &runs, &options, &build, &mut Bars::new()),
+    let exec = |runs: &[RunSpec]| match flags.quiet || !terminal {
+        true => execute::execute(&recipe, runs, &options, &build, &mut Lines),
+        false => execute::execute(&recipe, runs, &options, &build, &mut Bars::new()),
     };
-    // The report covers the whole plan (every shard), not records of older versions of the recipe.
-    let plan_ids = expand(&recipe).into_iter().filter_map(|r| r.id).collect();
+    let mut summary = exec(&runs);
+    // Under tune_then_test, the final runs of every group whose tuning has ended (in any shard);
+    // groups still tuning get theirs on a later run.
+    let mut finals = Vec::new();
+    let mut total = runs.len();
+    if recipe.protocol == recipe::Protocol::TuneThenTest && !summary.interrupted {
+        finals = plan_final(&recipe, &protocol::choices(&expand(&recipe), &options));
+        let mut mine = finals.clone();
+        if let Some(s) = flags.shard {
+            mine = shard(mine, s.index, s.count);
+        }
+        total += mine.len();
+        let second = exec(&mine);
+        summary.finished += second.finished;
+        summary.skipped += second.skipped;
+        summary.failed.extend(second.failed);
+        summary.interrupted = second.interrupted;
+    }
+    // The report covers the whole plan (every shard), not records of older versions of the recipe;
+    // under tune_then_test only the final runs (tuning runs score on val200, not on test).
+    let reported = match recipe.protocol {
+        recipe::Protocol::Fixed => expand(&recipe),
+        recipe::Protocol::TuneThenTest => finals,
+    };
+    let plan_ids = reported.into_iter().filter_map(|r| r.id).collect();
     let report = match recipe.report.enabled && !flags.no_report {
         true => write_report(&runs_dir, plan_ids, flags.quiet),
         false => Ok(()),
     };
     let line = format!(
         "{} run(s): {} trained, {} finished before, {} failed{}; results in {}",
-        runs.len(),
+        total,
         summary.finished,
         summary.skipped,
         summary.failed.len(),
