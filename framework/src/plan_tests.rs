@@ -201,4 +201,7 @@ fn a_swept_value_that_breaks_the_recipe_is_reported_at_its_key() {
     let err = load(&path, &LoadOptions::default()).unwrap_err().to_string();
     assert!(err.contains("train.lr = \"fast\""), "{err}");
     assert!(err.contains("cannot sweep \"seeds\""), "{err}");
+    std::fs::write(&path, format!("{BASE}[sweep]\ngrid = {{ \"train.lr\" = [0.1, 0.1] }}\n")).unwrap();
+    let err = load(&path, &LoadOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("expected distinct values"), "{err}");
 }

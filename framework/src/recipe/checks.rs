@@ -399,6 +399,13 @@ fn check_sweeps(c: &mut Checker, recipe: &Recipe) {
             if values.is_empty() {
                 c.push(&key_at, "expected at least one value".into());
             }
+            // Equal values would be equal settings, so runs sharing an id.
+            if values.iter().enumerate().any(|(i, v)| values[..i].contains(v)) {
+                c.push(
+                    &key_at,
+                    format!("expected distinct values, found {}", serde_json::Value::from(values.clone())),
+                );
+            }
             let adapters: Vec<usize> = only.map_or_else(|| (0..recipe.adapters.len()).collect(), |i| vec![i]);
             for value in values {
                 for &ai in &adapters {
