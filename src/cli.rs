@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use losa_framework::recipe::{DeviceSpec, Normalize, Pool};
 
 /// Compare ways of adapting pretrained vision transformers (LoSA, LoRA, VPT, full finetuning,
@@ -219,6 +219,19 @@ pub struct RunFlags {
     /// the report job that runs after them).
     #[arg(long)]
     pub no_report: bool,
+    /// Under protocol = "tune_then_test": only the tuning runs (`tune`), or only the final runs of
+    /// the method × task groups whose tuning has ended (`final`). Default: both, one after the other.
+    #[arg(long, value_enum)]
+    pub stage: Option<Stage>,
+}
+
+/// A stage of `protocol = "tune_then_test"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Stage {
+    /// Every swept setting on train800 → val200.
+    Tune,
+    /// The chosen settings on train800val200 → test.
+    Final,
 }
 
 /// Shard `index` of `count`.

@@ -7,14 +7,16 @@ use anyhow::{Context, anyhow};
 use losa_framework::backbone::load_backbone;
 use losa_framework::data::identity::Missing;
 use losa_framework::embed as embedding;
-use losa_framework::engine::{execute, protocol};
-use losa_framework::plan::{RunSpec, plan as expand, plan_final, shard};
+use losa_framework::engine::execute;
+use losa_framework::engine::progress::Progress;
+use losa_framework::engine::protocol::{self, Stage2, Stages};
+use losa_framework::plan::{GroupKey, RunSpec, plan as expand, shard};
 use losa_framework::recipe::{self, BackboneConfig, LoadOptions, PreprocessConfig, Recipe};
 use losa_framework::store;
 use losa_framework::vit::VitConfig;
 
 use crate::Failure;
-use crate::cli::{EmbedArgs, Layers, RunFlags};
+use crate::cli::{EmbedArgs, Layers, RunFlags, Stage};
 use crate::progress::{Bars, Lines};
 
 pub(crate) fn load(path: &Path, layers: &Layers) -> Result<Recipe, Failure> {
@@ -44,52 +46,46 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
     store::write_recipe(&runs_dir, &recipe)?;
     if !flags.quiet {
         print!("{}", plan_table(&recipe, &runs, &runs_dir));
+        print!("{}", final_stage_table(&recipe, &runs_dir));
     }
     let options = execute::Options { runs_dir: runs_dir.clone(), force: flags.force, device };
-    let build = losa_adapters::build;
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let exec = |runs: &[RunSpec]| match flags.quiet || !terminal {
-        true => execute::execute(&recipe, runs, &options, &build, &mut Lines),
-        false => execute::execute(&recipe, runs, &options, &build, &mut Bars::new()),
+    let stages = match flags.stage {
+        None => Stages::Both,
+        Some(Stage::Tune) => Stages::Tune,
+        Some(Stage::Final) => Stages::Final,
     };
-    let mut summary = exec(&runs);
-    // Under tune_then_test, the final runs of every group whose tuning has ended (in any shard);
-    // groups still tuning get theirs on a later run.
-    let mut finals = Vec::new();
-    let mut total = runs.len();
-    if recipe.protocol == recipe::Protocol::TuneThenTest && !summary.interrupted {
-        finals = plan_final(&recipe, &protocol::choices(&expand(&recipe), &options));
-        let mut mine = finals.clone();
-        if let Some(s) = flags.shard {
-            mine = shard(mine, s.index, s.count);
-        }
-        total += mine.len();
-        let second = exec(&mine);
-        summary.finished += second.finished;
-        summary.skipped += second.skipped;
-        summary.failed.extend(second.failed);
-        summary.interrupted = second.interrupted;
-    }
+    let shard_of = flags.shard.map(|s| (s.index, s.count));
+    let mut bars;
+    let progress: &mut dyn Progress =
+        match flags.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            true => &mut Lines,
+            false => {
+                bars = Bars::new();
+                &mut bars
+            }
+        };
+    let done =
+        protocol::execute_protocol(&recipe, stages, shard_of, &options, &losa_adapters::build, progress);
+    let summary = &done.summary;
     // The report covers the whole plan (every shard), not records of older versions of the recipe;
-    // under tune_then_test only the final runs (tuning runs score on val200, not on test).
-    let reported = match recipe.protocol {
-        recipe::Protocol::Fixed => expand(&recipe),
-        recipe::Protocol::TuneThenTest => finals,
-    };
-    let plan_ids = reported.into_iter().filter_map(|r| r.id).collect();
+    // under tune_then_test, the final runs decided so far.
+    let plan_ids = protocol::reported_runs(&recipe, &runs_dir).into_iter().filter_map(|r| r.id).collect();
     let report = match recipe.report.enabled && !flags.no_report {
         true => write_report(&runs_dir, plan_ids, flags.quiet),
         false => Ok(()),
     };
-    let line = format!(
+    let mut line = format!(
         "{} run(s): {} trained, {} finished before, {} failed{}; results in {}",
-        total,
+        done.runs,
         summary.finished,
         summary.skipped,
         summary.failed.len(),
         if summary.interrupted { ", interrupted" } else { "" },
         runs_dir.display()
     );
+    if let Some(stage2) = &done.stage2 {
+        line.push_str(&stage2_note(&recipe, stage2));
+    }
     match flags.quiet {
         true => tracing::info!("{line}"),
         false => println!("{line}"),
@@ -104,6 +100,34 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
         (0, n) => Err(Failure::RunsFailed(n)),
         (n, _) => Err(Failure::BadInput(anyhow!("{n} run(s) failed on bad input (see above)"))),
     }
+}
+
+/// Under tune_then_test: the groups that have no final runs yet, and why.
+fn stage2_note(recipe: &Recipe, stage2: &Stage2) -> String {
+    let name = |k: &GroupKey| format!("{} · {}", k.task, recipe.adapters[k.adapter].display_name());
+    let list = |keys: &[GroupKey]| {
+        let mut names: Vec<String> = keys.iter().take(4).map(name).collect();
+        if keys.len() > 4 {
+            names.push(format!("{} more", keys.len() - 4));
+        }
+        names.join(", ")
+    };
+    let mut out = String::new();
+    if !stage2.tuning.is_empty() {
+        out.push_str(&format!(
+            "\n{} method × task group(s) still tuning ({}): their final runs start on a later `runner run`",
+            stage2.tuning.len(),
+            list(&stage2.tuning)
+        ));
+    }
+    if !stage2.unchosen.is_empty() {
+        out.push_str(&format!(
+            "\n{} method × task group(s) have no setting to choose: every setting failed in tuning ({})",
+            stage2.unchosen.len(),
+            list(&stage2.unchosen)
+        ));
+    }
+    out
 }
 
 /// Why `run` cannot start: every missing input (once each), then where such inputs go and the
@@ -158,6 +182,8 @@ fn write_report(runs_dir: &Path, only: BTreeSet<String>, quiet: bool) -> Result<
         }
         // No run has a record yet (e.g. the first run failed before writing one): nothing to show.
         Err(losa_reports::ReportError::Store(losa_framework::store::StoreError::NoRecords(_))) => Ok(()),
+        // Under tune_then_test with no final run yet: the report comes with the final runs.
+        Err(losa_reports::ReportError::OnlyTuning { .. }) => Ok(()),
         Err(e) => Err(Failure::BadInput(anyhow!("writing the report of {}: {e}", runs_dir.display()))),
     }
 }
@@ -207,14 +233,19 @@ pub fn plan(path: &Path, json: bool, layers: &Layers) -> Result<(), Failure> {
                 Ok(v)
             })
             .collect::<serde_json::Result<_>>()?;
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "recipe": recipe.name,
             "runs_dir": recipe.runs_dir(),
+            "protocol": recipe.protocol,
             "runs": runs,
         });
+        if recipe.protocol == recipe::Protocol::TuneThenTest {
+            doc["final_runs"] = serde_json::to_value(protocol::stage2(&recipe, &recipe.runs_dir()).finals)?;
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", plan_table(&recipe, &runs, &recipe.runs_dir()));
+        print!("{}", final_stage_table(&recipe, &recipe.runs_dir()));
     }
     Ok(())
 }
@@ -274,7 +305,10 @@ pub fn report(
     layers: &Layers,
 ) -> Result<(), Failure> {
     let only = match recipe {
-        Some(path) => Some(expand(&load(path, layers)?).into_iter().filter_map(|r| r.id).collect()),
+        Some(path) => {
+            let recipe = load(path, layers)?;
+            Some(protocol::reported_runs(&recipe, runs).into_iter().filter_map(|r| r.id).collect())
+        }
         None => None,
     };
     let options = losa_reports::ReportOptions { out_dir: out, published, only };
@@ -288,37 +322,12 @@ pub fn report(
 
 /// The plan as an aligned text table, with missing inputs listed below it.
 fn plan_table(recipe: &Recipe, runs: &[RunSpec], runs_dir: &Path) -> String {
-    let header = ["#", "run id", "backbone", "adapter", "dataset", "task", "seed"];
-    let rows: Vec<[String; 7]> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            [
-                (i + 1).to_string(),
-                r.id.clone().unwrap_or_else(|| "(inputs missing)".into()),
-                r.labels.backbone.clone(),
-                r.labels.adapter.clone(),
-                r.labels.dataset.clone(),
-                r.task.name.clone(),
-                r.seed.to_string(),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        format!("{}\n", padded.join("  ").trim_end())
+    let stage = match recipe.protocol {
+        recipe::Protocol::Fixed => "",
+        recipe::Protocol::TuneThenTest => " (tuning stage: train800 → val200)",
     };
-    let mut out = format!("recipe {}: {} runs into {}\n", recipe.name, runs.len(), runs_dir.display());
-    out.push_str(&line(&header.map(String::from)));
-    for row in &rows {
-        out.push_str(&line(row));
-    }
+    let mut out = format!("recipe {}: {} runs{stage} into {}\n", recipe.name, runs.len(), runs_dir.display());
+    out.push_str(&runs_table(runs));
     let missing: std::collections::BTreeSet<String> = runs
         .iter()
         .flat_map(|r| &r.missing)
@@ -329,6 +338,75 @@ fn plan_table(recipe: &Recipe, runs: &[RunSpec], runs_dir: &Path) -> String {
         for m in missing {
             out.push_str(&format!("  - {m}\n"));
         }
+    }
+    out
+}
+
+/// Under tune_then_test: what the final stage will run, and the final runs decided so far.
+fn final_stage_table(recipe: &Recipe, runs_dir: &Path) -> String {
+    if recipe.protocol == recipe::Protocol::Fixed {
+        return String::new();
+    }
+    let stage2 = protocol::stage2(recipe, runs_dir);
+    let groups =
+        stage2.finals.len() / recipe.seeds.len().max(1) + stage2.tuning.len() + stage2.unchosen.len();
+    let mut out = format!(
+        "\nthen the final stage: each method × task's setting with the best mean val200 accuracy, trained on          train800val200 and tested on test with seeds {:?}: {} runs once tuning has ended ({} decided so far)\n",
+        recipe.seeds,
+        groups * recipe.seeds.len(),
+        stage2.finals.len()
+    );
+    if !stage2.finals.is_empty() {
+        out.push_str(&runs_table(&stage2.finals));
+    }
+    out
+}
+
+/// Runs as an aligned text table; with `stage` and `setting` columns when the recipe sweeps.
+fn runs_table(runs: &[RunSpec]) -> String {
+    let swept = runs.iter().any(|r| r.sweep.is_some());
+    let mut header: Vec<String> =
+        ["#", "run id", "backbone", "adapter", "dataset", "task", "seed"].map(String::from).to_vec();
+    if swept {
+        header.extend(["stage", "setting"].map(String::from));
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut row = vec![
+                (i + 1).to_string(),
+                r.id.clone().unwrap_or_else(|| "(inputs missing)".into()),
+                r.labels.backbone.clone(),
+                r.labels.adapter.clone(),
+                r.labels.dataset.clone(),
+                r.task.name.clone(),
+                r.seed.to_string(),
+            ];
+            if swept {
+                let (stage, setting) = match &r.sweep {
+                    Some(s) => (serde_json::to_value(s.stage).ok(), recipe::sweep::label(&s.setting)),
+                    None => (None, String::new()),
+                };
+                row.push(stage.and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+                row.push(setting);
+            }
+            row
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(&header);
+    for row in &rows {
+        out.push_str(&line(row));
     }
     out
 }

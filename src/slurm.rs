@@ -4,13 +4,14 @@
 //! second job, started when every task has ended (`--dependency=afterany`), writes the report of
 //! the plan's runs.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, anyhow};
 use losa_framework::data::identity::Missing;
-use losa_framework::plan::plan as expand;
-use losa_framework::recipe::SlurmConfig;
+use losa_framework::plan::{GroupKey, plan as expand};
+use losa_framework::recipe::{Protocol, SlurmConfig};
 use losa_framework::store;
 
 use crate::Failure;
@@ -43,6 +44,8 @@ pub struct Job<'a> {
     pub runs: usize,
     /// Resources.
     pub slurm: &'a SlurmConfig,
+    /// Under tune_then_test: the stage this array runs (`tune` or `final`), else `None`.
+    pub stage: Option<&'a str>,
 }
 
 impl Job<'_> {
@@ -58,8 +61,12 @@ impl Job<'_> {
         if let Some(k) = s.array_parallelism {
             array.push_str(&format!("%{k}"));
         }
+        let name = match self.stage {
+            Some(stage) => format!("losa-{}-{stage}", self.name),
+            None => format!("losa-{}", self.name),
+        };
         let mut options = vec![
-            format!("--job-name={}", sbatch_value(&format!("losa-{}", self.name))?),
+            format!("--job-name={}", sbatch_value(&name)?),
             format!("--array={array}"),
             format!("--output={}", sbatch_value(&self.dir().join("%A_%a.out").display().to_string())?),
             "--ntasks=1".to_owned(),
@@ -80,10 +87,18 @@ impl Job<'_> {
             quote(&self.runs_dir.display().to_string()),
             "--no-report".into(),
         ];
+        if let Some(stage) = self.stage {
+            command.extend(["--stage".to_owned(), stage.to_owned()]);
+        }
         command.extend(self.sets.iter().flat_map(|s| ["--set".to_owned(), quote(s)]));
+        let stage = match self.stage {
+            Some("final") => " (final stage: the settings chosen on val200, on train800val200 -> test)",
+            Some(_) => " (tuning stage: every setting on train800 -> val200)",
+            None => "",
+        };
         let header = format!(
-            "# losa: recipe {}, {} runs in {} array tasks; written by `runner submit`.\n\
-             # Task i runs shard i/{} of the plan; runs that have finished are skipped, interrupted ones resume.",
+            "# losa: recipe {}{stage}, {} runs in {} array tasks; written by `runner submit`.\n\
+             # Task i runs shard i/{} of the stage; runs that have finished are skipped, interrupted ones resume.",
             self.name, self.runs, self.tasks, self.tasks
         );
         Ok(self.script(&header, &options, &command))
@@ -196,7 +211,8 @@ pub fn submit(args: &SubmitArgs) -> Result<(), Failure> {
     }
     let exe = std::env::current_exe().context("the path of this runner")?;
     let workdir = std::env::current_dir().context("the working directory")?;
-    let tasks = (args.tasks.map_or(runs.len(), |n| n as usize)).min(runs.len()).max(1);
+    let tasks_for = |runs: usize| args.tasks.map_or(runs, |n| n as usize).min(runs).max(1);
+    let tune_then_test = recipe.protocol == Protocol::TuneThenTest;
     let job = Job {
         name: &recipe.name,
         exe: &exe,
@@ -204,35 +220,56 @@ pub fn submit(args: &SubmitArgs) -> Result<(), Failure> {
         sets: &args.layers.sets,
         runs_dir: &runs_dir,
         workdir: &workdir,
-        tasks,
+        tasks: tasks_for(runs.len()),
         runs: runs.len(),
         slurm: &recipe.slurm,
+        stage: tune_then_test.then_some("tune"),
     };
+    // Under tune_then_test a second array runs the final stage once the tuning array has ended:
+    // one run per method × task × seed, whichever setting each group chooses.
+    let final_job = tune_then_test.then(|| {
+        let groups: BTreeSet<GroupKey> = runs.iter().map(GroupKey::of).collect();
+        let count = groups.len() * recipe.seeds.len();
+        Job { tasks: tasks_for(count), runs: count, stage: Some("final"), ..job.clone() }
+    });
     let bad = |e: String| Failure::BadInput(anyhow!("{e}"));
-    let array = job.array_script().map_err(bad)?;
-    let report = recipe.report.enabled.then(|| job.report_script()).transpose().map_err(bad)?;
-    let (array_file, report_file) = (job.dir().join("array.sbatch"), job.dir().join("report.sbatch"));
-    let array_command = ["sbatch", "--parsable"].map(String::from);
+    let mut scripts = vec![(job.dir().join("array.sbatch"), job.array_script().map_err(bad)?, "job array")];
+    if let Some(f) = &final_job {
+        scripts.push((
+            job.dir().join("final.sbatch"),
+            f.array_script().map_err(bad)?,
+            "final-stage job array",
+        ));
+    }
+    if recipe.report.enabled {
+        scripts.push((job.dir().join("report.sbatch"), job.report_script().map_err(bad)?, "report job"));
+    }
+    let sbatch_command = ["sbatch", "--parsable"].map(String::from);
     let dependency = |id: &str| format!("--dependency=afterany:{id}");
+    let summary = match &final_job {
+        Some(f) => format!(
+            "{} tuning runs in {} array tasks, then {} final runs in {} array tasks",
+            job.runs, job.tasks, f.runs, f.tasks
+        ),
+        None => format!("{} runs in {} array tasks", job.runs, job.tasks),
+    };
 
     if args.dry_run {
         let path = |p: &Path| quote(&p.display().to_string());
-        println!("==> {} <==\n{array}", array_file.display());
-        let mut commands = format!("{} {}\n", array_command.join(" "), path(&array_file));
-        if let Some(report) = &report {
-            println!("==> {} <==\n{report}", report_file.display());
-            commands.push_str(&format!(
-                "{} {} {}\n",
-                array_command.join(" "),
-                dependency("<array job id>"),
-                path(&report_file)
-            ));
+        let mut commands = String::new();
+        for (i, (file, text, _)) in scripts.iter().enumerate() {
+            println!("==> {} <==\n{text}", file.display());
+            let after = match i {
+                0 => String::new(),
+                _ if i == 1 => format!(" {}", dependency("<array job id>")),
+                _ => format!(" {}", dependency("<final array job id>")),
+            };
+            commands.push_str(&format!("{}{after} {}\n", sbatch_command.join(" "), path(file)));
         }
         println!("==> sbatch commands <==\n{commands}");
         println!(
-            "recipe {}: {} runs in {tasks} array tasks into {} (dry run: nothing written or submitted)",
+            "recipe {}: {summary} into {} (dry run: nothing written or submitted)",
             recipe.name,
-            runs.len(),
             runs_dir.display()
         );
         return Ok(());
@@ -250,38 +287,39 @@ pub fn submit(args: &SubmitArgs) -> Result<(), Failure> {
     }
     std::fs::create_dir_all(job.dir()).with_context(|| format!("creating {}", job.dir().display()))?;
     store::write_recipe(&runs_dir, &recipe)?;
-    for (file, text) in [(&array_file, Some(&array)), (&report_file, report.as_ref())] {
-        if let Some(text) = text {
-            std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
-        }
+    for (file, text, _) in &scripts {
+        std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
     }
-    let array_id = sbatch(&[array_command.as_slice(), &[array_file.display().to_string()]].concat())?;
-    println!(
-        "recipe {}: {} runs ({finished} finished before) in {tasks} array tasks into {}",
-        recipe.name,
-        runs.len(),
-        runs_dir.display()
-    );
-    println!("submitted job array {array_id} (tasks 0-{})", tasks - 1);
-    if report.is_some() {
-        let command =
-            [array_command.as_slice(), &[dependency(&array_id), report_file.display().to_string()]].concat();
-        match sbatch(&command) {
-            Ok(id) => println!("submitted report job {id} (starts when the array has ended)"),
-            Err(e) => {
+    println!("recipe {}: {summary} ({finished} finished before) into {}", recipe.name, runs_dir.display());
+    // Each job after the first starts when the one before it has ended.
+    let mut previous: Option<String> = None;
+    for (file, _, what) in &scripts {
+        let mut command = sbatch_command.to_vec();
+        command.extend(previous.as_deref().map(dependency));
+        command.push(file.display().to_string());
+        let id = match sbatch(&command) {
+            Ok(id) => id,
+            Err(e) if previous.is_some() => {
                 return Err(Failure::BadInput(anyhow!(
-                    "the job array {array_id} is submitted, but the report job is not: {}\n\
-                     When the array has ended, write the report with: {} report {} --recipe {}",
+                    "the {what} is not submitted: {}\nThe jobs before it are; when they have ended, submit {} \
+                     with `sbatch`, or run `{} report {} --recipe {}` for the report",
                     match e {
                         Failure::BadInput(e) => format!("{e:#}"),
                         Failure::RunsFailed(n) => n.to_string(),
                     },
+                    file.display(),
                     quote(&exe.display().to_string()),
                     quote(&runs_dir.display().to_string()),
                     quote(&recipe_path.display().to_string()),
                 )));
             }
+            Err(e) => return Err(e),
+        };
+        match previous {
+            None => println!("submitted {what} {id}"),
+            Some(_) => println!("submitted {what} {id} (starts when the job before it has ended)"),
         }
+        previous = Some(id);
     }
     println!(
         "logs: {}/\nprogress: {}",

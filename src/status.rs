@@ -96,7 +96,9 @@ pub struct Target {
 /// `runner status`: a table of the plan's runs and their states, counts per state, and what a
 /// resubmission would run.
 pub fn show(target: &Target) -> Result<(), Failure> {
-    let runs = expand(&target.recipe);
+    // Under tune_then_test: the tuning runs, then the final runs decided so far.
+    let mut runs = expand(&target.recipe);
+    runs.extend(losa_framework::engine::protocol::stage2(&target.recipe, &target.runs_dir).finals);
     let states: Vec<State> = runs
         .iter()
         .map(|r| r.id.as_deref().map_or(State::InputsMissing, |id| state(&target.runs_dir, id)))

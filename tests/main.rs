@@ -10,3 +10,4 @@ mod recipes;
 mod report;
 mod slurm;
 mod support;
+mod sweeps;

@@ -14,9 +14,14 @@ fn every_shipped_recipe_validates_and_declares_the_schema() {
     recipes.sort();
     let names: BTreeSet<String> =
         recipes.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for shipped in
-        ["smoke.toml", "quickstart.toml", "pretrain_tiny.toml", "vtab_all.toml", "losa_ablations.toml"]
-    {
+    for shipped in [
+        "smoke.toml",
+        "quickstart.toml",
+        "pretrain_tiny.toml",
+        "vtab_all.toml",
+        "vtab_tune.toml",
+        "losa_ablations.toml",
+    ] {
         assert!(names.contains(shipped), "recipes/{shipped} is missing; found {names:?}");
     }
     for path in &recipes {
@@ -70,6 +75,23 @@ fn vtab_all_plans_every_task_for_five_methods_and_every_seed() {
     assert_eq!(planned, seeds.iter().copied().collect());
     // The inputs are not on this machine: every run lists them and has no id yet.
     assert!(runs.iter().all(|r| r["id"].is_null() && r["missing"].as_array().is_some_and(|m| !m.is_empty())));
+}
+
+#[test]
+fn vtab_tune_tunes_each_methods_rates_on_every_task_before_any_final_run() {
+    let path = repo().join("recipes/vtab_tune.toml");
+    let run = runner(&repo(), &["plan", "--json", path.to_str().unwrap()], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let runs = plan["runs"].as_array().unwrap();
+    let seeds = seeds("vtab_tune.toml").len();
+    // Rates per method: probe 3, full 3, LoRA 3, VPT 2, LoSA 3.
+    assert_eq!(runs.len(), 19 * 14 * seeds);
+    assert!(runs.iter().all(|r| r["sweep"]["stage"] == "tune" && r["sweep"]["protocol"] == "tune_then_test"));
+    let rates: BTreeSet<String> =
+        runs.iter().map(|r| r["sweep"]["setting"]["train.lr"].to_string()).collect();
+    assert!(rates.len() >= 5, "{rates:?}");
+    assert_eq!(plan["final_runs"].as_array().map(Vec::len), Some(0), "nothing is chosen before tuning");
 }
 
 #[test]

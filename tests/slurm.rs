@@ -64,7 +64,7 @@ fn smoke(dir: &Path, extra: &str) -> PathBuf {
 }
 
 /// The file `path` of a dry run's output (the text after its `==> path <==` line).
-fn section<'a>(stdout: &'a str, path: &str) -> &'a str {
+pub(crate) fn section<'a>(stdout: &'a str, path: &str) -> &'a str {
     let start = stdout.find(&format!("==> {path} <==\n")).unwrap_or_else(|| panic!("no {path}:\n{stdout}"));
     let text = &stdout[start..];
     let text = &text[text.find('\n').unwrap() + 1..];

@@ -119,10 +119,20 @@ fn expand(recipe: &Recipe, stage: Stage, pick: impl Fn(&GroupKey, usize) -> Pick
     for (bi, backbone) in recipe.backbones.iter().enumerate() {
         for (di, dataset) in recipe.datasets.iter().enumerate() {
             for task in identity::tasks(dataset) {
-                let (data_id, data_missing) = match identity::identity(dataset, &task, &splits, &mut hashes) {
-                    Ok(v) => (v, vec![]),
-                    Err(m) => (Value::Null, m),
-                };
+                let (data_id, mut data_missing) =
+                    match identity::identity(dataset, &task, &splits, &mut hashes) {
+                        Ok(v) => (v, vec![]),
+                        Err(m) => (Value::Null, m),
+                    };
+                // Tuning needs the final stage's splits too, or the protocol stops half-way: they
+                // are checked now (their contents do not enter the tuning runs' ids).
+                if stage == Stage::Tune {
+                    let finals = splits_read(&stage_recipe(recipe, Stage::Final).eval);
+                    if let Err(m) = identity::identity(dataset, &task, &finals, &mut hashes) {
+                        let new: Vec<Missing> = m.into_iter().filter(|m| !data_missing.contains(m)).collect();
+                        data_missing.extend(new);
+                    }
+                }
                 for ai in 0..recipe.adapters.len() {
                     let key = GroupKey { backbone: bi, dataset: di, task: task.name.clone(), adapter: ai };
                     for (index, setting, val_accuracy) in pick(&key, ai) {

@@ -85,6 +85,7 @@ pub(crate) fn render(report: &Report) -> Result<String, ReportError> {
     ctx.insert("published_swatch", &published);
     ctx.insert("curves", &curves(report));
     ctx.insert("failures", &failures(report));
+    ctx.insert("choices", &crate::sweeps::choices(report));
     ctx.insert("environments", &environments(report));
     ctx.insert("published_path", &report.published.as_ref().map(|p| p.path.display().to_string()));
     ctx.insert("published_note", &report.published.as_ref().map(|p| p.note.clone()).unwrap_or_default());

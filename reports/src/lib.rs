@@ -18,6 +18,7 @@ pub mod labels;
 mod markdown;
 pub mod published;
 pub mod summary;
+pub mod sweeps;
 pub mod tables;
 pub mod view;
 
@@ -65,6 +66,18 @@ pub enum ReportError {
         recipe: PathBuf,
         /// The path it names.
         path: PathBuf,
+    },
+    /// Under tune_then_test, only tuning runs have finished: no final run to report yet.
+    #[error(
+        "{}: {runs} tuning run(s) and no final run yet: tune_then_test reports the final runs of the chosen \
+         settings; `runner run` starts them once a method × task's tuning has ended",
+        dir.display()
+    )]
+    OnlyTuning {
+        /// The runs folder.
+        dir: PathBuf,
+        /// Its tuning runs.
+        runs: usize,
     },
     /// An output file cannot be written.
     #[error("cannot write {}: {source}", path.display())]

@@ -47,6 +47,23 @@ pub(crate) fn render(report: &Report) -> String {
             let _ = writeln!(out, "[{}] {}  ", i + 1, inline(n));
         }
     }
+    let choices = crate::sweeps::choices(report);
+    if !choices.is_empty() {
+        out.push_str("\n## Chosen settings (tune_then_test)\n\n");
+        out.push_str("| Method | Task | Chosen setting | val200 % (chose it) | test % (final) |\n");
+        out.push_str("|:---|:---|:---|---:|---:|\n");
+        for c in &choices {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                inline(&c.method),
+                inline(&c.task),
+                inline(&c.setting),
+                c.val,
+                c.test
+            );
+        }
+    }
     out.push('\n');
     for n in report.conventions() {
         let _ = writeln!(out, "- {}", inline(&n));

@@ -4,14 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use losa_framework::data::{identity, vtab};
-use losa_framework::recipe::Selection;
+use losa_framework::plan::Stage;
+use losa_framework::recipe::{Protocol, Selection, sweep};
 use losa_framework::record::{MemoryMeasure, RunRecord};
 use losa_framework::store::{self, REPORT_DIR, SavedRecipe};
 
 use crate::published::Published;
 use crate::summary::{Summary, TaskColumn};
 use crate::tables::{Run, Tables};
-use crate::{ReportError, format, html, markdown};
+use crate::{ReportError, format, html, markdown, sweeps};
 
 /// Where the report goes and which published results it shows.
 #[derive(Debug, Clone, Default)]
@@ -45,11 +46,16 @@ pub struct ReportFiles {
 /// report files.
 pub fn report_runs(runs_dir: &Path, options: &ReportOptions) -> Result<ReportFiles, ReportError> {
     let mut records = store::read_records(runs_dir)?;
-    if let Some(only) = &options.only {
-        records.retain(|r| only.contains(&r.run_id));
-        if records.is_empty() {
-            return Err(store::StoreError::NoRecords(runs_dir.to_owned()).into());
-        }
+    // Tuning runs of tune_then_test score settings on val200: they chose the results, they are not
+    // results themselves (and would mix val200 into test columns).
+    let tuning = |r: &RunRecord| r.sweep.as_ref().is_some_and(|s| s.stage == Stage::Tune);
+    let tuning_runs = records.iter().filter(|r| tuning(r)).count();
+    records.retain(|r| !tuning(r) && options.only.as_ref().is_none_or(|only| only.contains(&r.run_id)));
+    if records.is_empty() {
+        return Err(match tuning_runs {
+            0 => store::StoreError::NoRecords(runs_dir.to_owned()).into(),
+            runs => ReportError::OnlyTuning { dir: runs_dir.to_owned(), runs },
+        });
     }
     let recipe = store::read_recipe(runs_dir)?;
     let from_recipe =
@@ -108,12 +114,20 @@ impl Report {
         let mut methods: Vec<String> = Vec::new();
         let mut tasks: Vec<String> = Vec::new();
         if let Some(r) = &recipe {
+            let fixed = r.recipe.protocol == Protocol::Fixed;
             for b in &r.recipe.backbones {
-                methods.extend(r.recipe.adapters.iter().map(|a| name(&a.display_name(), &b.display_name())));
+                for a in &r.recipe.adapters {
+                    // Under "fixed" each swept setting is a row of its own, in canonical order.
+                    let settings = sweep::settings_for(&r.recipe, a);
+                    methods.extend(settings.iter().map(|(_, s)| {
+                        let setting = fixed.then_some(s);
+                        name(&sweeps::method_name(&a.display_name(), setting), &b.display_name())
+                    }));
+                }
             }
             tasks.extend(r.recipe.datasets.iter().flat_map(identity::tasks).map(|t| t.name));
         }
-        let record_name = |r: &RunRecord| name(&r.labels.adapter, &r.labels.backbone);
+        let record_name = |r: &RunRecord| name(&sweeps::record_method(r), &r.labels.backbone);
         let mut others: Vec<String> =
             records.iter().map(record_name).filter(|m| !methods.contains(m)).collect();
         others.sort();
@@ -185,6 +199,9 @@ impl Report {
         let seeds: Vec<String> = seeds.iter().map(u64::to_string).collect();
         facts.push(format!("seed{} {}", if seeds.len() == 1 { "" } else { "s" }, seeds.join(", ")));
         facts.extend(distinct(self.records.iter().map(|r| r.labels.backbone.clone())));
+        facts.extend(distinct(
+            self.records.iter().map(|r| format!("protocol {}", sweeps::protocol_name(sweeps::protocol(r)))),
+        ));
         facts.extend(distinct(self.records.iter().map(|r| r.labels.dataset.clone())));
         facts
     }
@@ -243,6 +260,7 @@ impl Report {
              the finished seeds (the deviation from two seeds on).",
             rules.join(" / ")
         )];
+        out.extend(sweeps::protocol_notes(&self.records));
         if s.several_groups() {
             out.push(format!(
                 "Mean of {} groups: the mean of the group means (NOAH, FacT, Convpass, RepAdapter, DTL). Mean of {} \

@@ -70,6 +70,15 @@ impl SweepConfig {
     }
 }
 
+/// A setting for people: `train.lr=0.001, adapter.token_rank=4` (strings without quotes).
+pub fn label(setting: &Setting) -> String {
+    let value = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    setting.iter().map(|(k, v)| format!("{k}={}", value(v))).collect::<Vec<_>>().join(", ")
+}
+
 /// The key prefixes a sweep may address (see [`SweepGrid`]).
 pub const SWEEPABLE: [&str; 3] = ["train.", "adapter.", "eval."];
 
