@@ -28,6 +28,13 @@ pub(crate) fn load(path: &Path, layers: &Layers) -> Result<Recipe, Failure> {
 /// report.
 pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
     let recipe = load(path, &flags.layers)?;
+    if flags.stage.is_some() && recipe.protocol == recipe::Protocol::Fixed {
+        return Err(Failure::BadInput(anyhow!(
+            "recipe {}: --stage goes with protocol = \"tune_then_test\"; this recipe's protocol is \"fixed\" \
+             (one stage)",
+            path.display()
+        )));
+    }
     let mut runs = expand(&recipe);
     if let Some(s) = flags.shard {
         runs = shard(runs, s.index, s.count);
@@ -351,7 +358,9 @@ fn final_stage_table(recipe: &Recipe, runs_dir: &Path) -> String {
     let groups =
         stage2.finals.len() / recipe.seeds.len().max(1) + stage2.tuning.len() + stage2.unchosen.len();
     let mut out = format!(
-        "\nthen the final stage: each method × task's setting with the best mean val200 accuracy, trained on          train800val200 and tested on test with seeds {:?}: {} runs once tuning has ended ({} decided so far)\n",
+        "\nthen the final stage: each method × task's setting with the best mean val200 accuracy, trained on \
+         train800val200 and tested on test with seeds {:?}: {} runs once tuning has ended ({} decided \
+         so far)\n",
         recipe.seeds,
         groups * recipe.seeds.len(),
         stage2.finals.len()

@@ -199,6 +199,9 @@ fn tune_then_test_chooses_on_val200_reports_the_choice_and_resumes_between_stage
 fn under_fixed_every_setting_is_a_row_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let path = recipe(dir.path(), "fixed");
+    let staged = runner(dir.path(), &["run", path.to_str().unwrap(), "--stage", "tune"], &[]);
+    assert_eq!(staged.code, 2);
+    assert!(staged.stderr.contains("--stage goes with protocol = \"tune_then_test\""), "{}", staged.stderr);
     let run = runner(dir.path(), &["run", path.to_str().unwrap(), "--set", "seeds=[0]"], &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = dir.path().join("runs/sweep");
