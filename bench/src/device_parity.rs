@@ -77,7 +77,7 @@ fn run_method(
 ) -> candle_core::Result<Outcome> {
     let weights =
         map_tensors(random_weights(config, 0, &Device::Cpu)?, |t| t.to_dtype(dtype)?.to_device(device))?;
-    let vit = Vit::new(config.clone(), &weights)?;
+    let vit = Vit::new(*config, &weights)?;
     let images = images.to_dtype(dtype)?.to_device(device)?;
     let labels = labels.to_device(device)?;
     let spec = adapter(name).ok_or_else(|| candle_core::Error::Msg(format!("unknown method {name}")))?;
