@@ -36,6 +36,7 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
         )));
     }
     let mut runs = expand(&recipe);
+    check_collisions(path, &recipe, &runs)?;
     if let Some(s) = flags.shard {
         runs = shard(runs, s.index, s.count);
     }
@@ -76,9 +77,9 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
     let summary = &done.summary;
     // The report covers the whole plan (every shard), not records of older versions of the recipe;
     // under tune_then_test, the final runs decided so far.
-    let plan_ids = protocol::reported_runs(&recipe, &runs_dir).into_iter().filter_map(|r| r.id).collect();
+    let reported = protocol::reported_runs(&recipe, &runs_dir);
     let report = match recipe.report.enabled && !flags.no_report {
-        true => write_report(&runs_dir, plan_ids, flags.quiet),
+        true => write_report(&runs_dir, reported, flags.quiet),
         false => Ok(()),
     };
     let mut line = format!(
@@ -90,6 +91,12 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
         if summary.interrupted { ", interrupted" } else { "" },
         runs_dir.display()
     );
+    if done.not_retried > 0 {
+        line.push_str(&format!(
+            "\n{} failed tuning run(s) not run again: their method × task has its choice (--force runs them)",
+            done.not_retried
+        ));
+    }
     if let Some(stage2) = &done.stage2 {
         line.push_str(&stage2_note(&recipe, stage2));
     }
@@ -107,6 +114,27 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
         (0, n) => Err(Failure::RunsFailed(n)),
         (n, _) => Err(Failure::BadInput(anyhow!("{n} run(s) failed on bad input (see above)"))),
     }
+}
+
+/// Bad input when two runs of the plan share an id but are different methods or settings.
+pub(crate) fn check_collisions(path: &Path, recipe: &Recipe, runs: &[RunSpec]) -> Result<(), Failure> {
+    let Some(&(a, b)) = losa_framework::plan::collisions(runs).first() else { return Ok(()) };
+    let describe = |r: &RunSpec| {
+        let entry = format!("adapters[{}] ({})", r.adapter, recipe.adapters[r.adapter].display_name());
+        match r.sweep.as_ref().filter(|s| !s.setting.is_empty()) {
+            Some(s) => format!("{entry} with {}", recipe::sweep::label(&s.setting)),
+            None => entry,
+        }
+    };
+    Err(Failure::BadInput(anyhow!(
+        "recipe {}: {} and {} train exactly the same run ({}, seed {}): one would take the other's \
+         result. Make their settings differ, or remove one.",
+        path.display(),
+        describe(&runs[a]),
+        describe(&runs[b]),
+        runs[a].task.name,
+        runs[a].seed
+    )))
 }
 
 /// Under tune_then_test: the groups that have no final runs yet, and why.
@@ -176,8 +204,8 @@ pub(crate) fn missing_inputs(recipe: &Path, missing: &[&Missing]) -> String {
 }
 
 /// Writes the report of a runs folder after a plan, listing its files.
-fn write_report(runs_dir: &Path, only: BTreeSet<String>, quiet: bool) -> Result<(), Failure> {
-    let options = losa_reports::ReportOptions { only: Some(only), ..Default::default() };
+fn write_report(runs_dir: &Path, plan: Vec<RunSpec>, quiet: bool) -> Result<(), Failure> {
+    let options = losa_reports::ReportOptions { plan: Some(plan), ..Default::default() };
     match losa_reports::report_runs(runs_dir, &options) {
         Ok(files) if quiet => {
             tracing::info!("report: {}", files.html.display());
@@ -192,6 +220,18 @@ fn write_report(runs_dir: &Path, only: BTreeSet<String>, quiet: bool) -> Result<
         // Under tune_then_test with no final run yet: the report comes with the final runs.
         Err(losa_reports::ReportError::OnlyTuning { .. }) => Ok(()),
         Err(e) => Err(Failure::BadInput(anyhow!("writing the report of {}: {e}", runs_dir.display()))),
+    }
+}
+
+/// Writes `text` to stdout; a reader that has gone (`runner plan big.toml | head`) is no error.
+pub(crate) fn emit(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::BadInput(anyhow!("writing to standard output: {e}")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -231,6 +271,7 @@ pub fn check(paths: &[PathBuf], layers: &Layers, data: bool) -> Result<(), Failu
 pub fn plan(path: &Path, json: bool, layers: &Layers) -> Result<(), Failure> {
     let recipe = load(path, layers)?;
     let runs = expand(&recipe);
+    check_collisions(path, &recipe, &runs)?;
     if json {
         let runs: Vec<serde_json::Value> = runs
             .iter()
@@ -249,10 +290,10 @@ pub fn plan(path: &Path, json: bool, layers: &Layers) -> Result<(), Failure> {
         if recipe.protocol == recipe::Protocol::TuneThenTest {
             doc["final_runs"] = serde_json::to_value(protocol::stage2(&recipe, &recipe.runs_dir()).finals)?;
         }
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
     } else {
-        print!("{}", plan_table(&recipe, &runs, &recipe.runs_dir()));
-        print!("{}", final_stage_table(&recipe, &recipe.runs_dir()));
+        let runs_dir = recipe.runs_dir();
+        emit(&format!("{}{}", plan_table(&recipe, &runs, &runs_dir), final_stage_table(&recipe, &runs_dir)))?;
     }
     Ok(())
 }
@@ -298,7 +339,7 @@ pub fn status(target: &Path, layers: &Layers, out: Option<PathBuf>) -> Result<()
 
 /// `runner schema`.
 pub fn schema() -> Result<(), Failure> {
-    print!("{}", recipe::schema_json());
+    emit(&recipe::schema_json())?;
     Ok(())
 }
 
@@ -311,14 +352,18 @@ pub fn report(
     recipe: Option<&Path>,
     layers: &Layers,
 ) -> Result<(), Failure> {
-    let only = match recipe {
-        Some(path) => {
-            let recipe = load(path, layers)?;
-            Some(protocol::reported_runs(&recipe, runs).into_iter().filter_map(|r| r.id).collect())
-        }
-        None => None,
+    let plan = match recipe {
+        Some(path) => Some(protocol::reported_runs(&load(path, layers)?, runs)),
+        // Without a recipe every record shows, except under tune_then_test: which final runs
+        // count, and with which choice, is for the saved recipe's plan to say.
+        None => match store::read_recipe(runs)? {
+            Some(saved) if saved.recipe.protocol == recipe::Protocol::TuneThenTest => {
+                Some(protocol::reported_runs(&saved.recipe, runs))
+            }
+            _ => None,
+        },
     };
-    let options = losa_reports::ReportOptions { out_dir: out, published, only };
+    let options = losa_reports::ReportOptions { out_dir: out, published, plan };
     let files = losa_reports::report_runs(runs, &options)?;
     println!("report written to {}", files.dir.display());
     for file in [&files.html, &files.csv, &files.parquet, &files.markdown] {
@@ -355,8 +400,7 @@ fn final_stage_table(recipe: &Recipe, runs_dir: &Path) -> String {
         return String::new();
     }
     let stage2 = protocol::stage2(recipe, runs_dir);
-    let groups =
-        stage2.finals.len() / recipe.seeds.len().max(1) + stage2.tuning.len() + stage2.unchosen.len();
+    let groups = losa_framework::plan::groups(recipe).len();
     let mut out = format!(
         "\nthen the final stage: each method × task's setting with the best mean val200 accuracy, trained on \
          train800val200 and tested on test with seeds {:?}: {} runs once tuning has ended ({} decided \

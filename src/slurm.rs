@@ -4,13 +4,12 @@
 //! second job, started when every task has ended (`--dependency=afterany`), writes the report of
 //! the plan's runs.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, anyhow};
 use losa_framework::data::identity::Missing;
-use losa_framework::plan::{GroupKey, plan as expand};
+use losa_framework::plan::{groups, plan as expand};
 use losa_framework::recipe::{Protocol, SlurmConfig};
 use losa_framework::store;
 
@@ -197,6 +196,7 @@ pub fn submit(args: &SubmitArgs) -> Result<(), Failure> {
     let mut recipe = load(&recipe_path, &args.layers)?;
     override_slurm(&mut recipe.slurm, args)?;
     let runs = expand(&recipe);
+    crate::commands::check_collisions(&recipe_path, &recipe, &runs)?;
     let missing: Vec<&Missing> = runs.iter().flat_map(|r| &r.missing).collect();
     if !missing.is_empty() {
         return Err(Failure::BadInput(anyhow!("{}", missing_inputs(&recipe_path, &missing))));
@@ -228,8 +228,7 @@ pub fn submit(args: &SubmitArgs) -> Result<(), Failure> {
     // Under tune_then_test a second array runs the final stage once the tuning array has ended:
     // one run per method × task × seed, whichever setting each group chooses.
     let final_job = tune_then_test.then(|| {
-        let groups: BTreeSet<GroupKey> = runs.iter().map(GroupKey::of).collect();
-        let count = groups.len() * recipe.seeds.len();
+        let count = groups(&recipe).len() * recipe.seeds.len();
         Job { tasks: tasks_for(count), runs: count, stage: Some("final"), ..job.clone() }
     });
     let bad = |e: String| Failure::BadInput(anyhow!("{e}"));

@@ -103,7 +103,7 @@ pub fn show(target: &Target) -> Result<(), Failure> {
         .iter()
         .map(|r| r.id.as_deref().map_or(State::InputsMissing, |id| state(&target.runs_dir, id)))
         .collect();
-    print!("{}", render(target, &runs, &states));
+    crate::commands::emit(&render(target, &runs, &states))?;
     Ok(())
 }
 

@@ -202,12 +202,21 @@ fn under_fixed_every_setting_is_a_row_of_its_own() {
     let staged = runner(dir.path(), &["run", path.to_str().unwrap(), "--stage", "tune"], &[]);
     assert_eq!(staged.code, 2);
     assert!(staged.stderr.contains("--stage goes with protocol = \"tune_then_test\""), "{}", staged.stderr);
+    // First the method without a sweep, at the first rate: the sweep's run with that rate is the
+    // same run, reused, and the report names it by its setting all the same.
+    let plain = r#"adapters=[{kind = "linear_probe", label = "probe-lr", train = {lr = 0.01}}]"#;
+    let run = runner(dir.path(), &["run", path.to_str().unwrap(), "--set", "seeds=[0]", "--set", plain], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
     let run = runner(dir.path(), &["run", path.to_str().unwrap(), "--set", "seeds=[0]"], &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("4 run(s): 3 trained, 1 finished before"), "{}", run.stdout);
     let out = dir.path().join("runs/sweep");
     let records = read_records(&out).unwrap();
     assert_eq!(records.len(), 4);
-    assert!(records.iter().all(|r| stage(r) == Stage::Fixed));
+    assert_eq!(
+        records.iter().filter(|r| r.sweep.as_ref().is_some_and(|s| s.stage == Stage::Fixed)).count(),
+        3
+    );
     // Fixed runs train on the recipe's splits (train800val200 → test by default).
     assert!(records.iter().all(|r| r.accuracy.iter().map(|a| a.split).eq([Split::Test])));
     let md = std::fs::read_to_string(out.join("report/summary.md")).unwrap();
@@ -265,4 +274,113 @@ fn submit_runs_the_stages_as_two_job_arrays_then_the_report() {
     assert!(status.unwrap().success());
     let csv = std::fs::read_to_string(out.join("report/results.csv")).unwrap();
     assert_eq!(csv.lines().count() - 1, 4, "{csv}");
+}
+
+#[test]
+fn a_choice_once_made_stays_when_a_failed_tuning_run_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = recipe(dir.path(), "tune_then_test");
+    let recipe = path.to_str().unwrap();
+    let out = dir.path().join("runs/sweep");
+    assert_eq!(runner(dir.path(), &["run", recipe, "--stage", "tune"], &[]).code, 0);
+    // The best rate of probe-lr loses a seed (as to a crash): the other rate is chosen.
+    let records = read_records(&out).unwrap();
+    let means = &tuning_means(&records)["probe-lr"];
+    let best = if means[&1] > means[&0] { 1 } else { 0 };
+    let victim = records
+        .iter()
+        .find(|r| r.labels.adapter == "probe-lr" && r.sweep.as_ref().unwrap().index == best)
+        .unwrap();
+    let mut failed = victim.clone();
+    failed.status = losa_framework::record::RunStatus::Failed { reason: "killed".into() };
+    let file = out.join(&victim.run_id).join("record.json");
+    std::fs::write(&file, serde_json::to_string(&failed).unwrap()).unwrap();
+    let finals = runner(dir.path(), &["run", recipe, "--stage", "final"], &[]);
+    assert_eq!(finals.code, 0, "{}", finals.stderr);
+    let chosen = |records: &[RunRecord]| -> Vec<usize> {
+        let mut i: Vec<usize> = records
+            .iter()
+            .filter(|r| stage(r) == Stage::Final && r.labels.adapter == "probe-lr")
+            .map(|r| r.sweep.as_ref().unwrap().index)
+            .collect();
+        i.dedup();
+        i
+    };
+    assert_eq!(chosen(&read_records(&out).unwrap()), [1 - best]);
+    // The choice is stored: a rerun neither retries the failed tuning run (its group's tuning is
+    // over) nor changes the choice, and no second set of final runs appears.
+    let again = runner(dir.path(), &["run", recipe], &[]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains("12 run(s): 0 trained, 11 finished before, 0 failed"), "{}", again.stdout);
+    assert!(again.stdout.contains("1 failed tuning run(s) not run again"), "{}", again.stdout);
+    assert_eq!(chosen(&read_records(&out).unwrap()), [1 - best]);
+    assert_eq!(std::fs::read_dir(out.join("choices")).unwrap().count(), 2, "one stored choice per group");
+    // --force redoes everything, the failed run too, and chooses again: the first choice.
+    let force = runner(dir.path(), &["run", recipe, "--force"], &[]);
+    assert_eq!(force.code, 0, "{}", force.stderr);
+    let after = read_records(&out).unwrap();
+    assert!(after.iter().find(|r| r.run_id == victim.run_id).unwrap().finished());
+    assert!(chosen(&after).contains(&best), "{:?}", chosen(&after));
+}
+
+#[test]
+fn shards_run_without_stages_cover_every_final_run_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = recipe(dir.path(), "tune_then_test");
+    let recipe = path.to_str().unwrap();
+    // Shard 0 ends its tuning runs before shard 1 has started: its groups are still tuning.
+    let first = runner(dir.path(), &["run", recipe, "--shard", "0/2"], &[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(first.stdout.contains("still tuning"), "{}", first.stdout);
+    assert_eq!(runner(dir.path(), &["run", recipe, "--shard", "1/2"], &[]).code, 0);
+    // Shard 1 ran its share of the final runs; shard 0, run again, runs the rest.
+    let again = runner(dir.path(), &["run", recipe, "--shard", "0/2"], &[]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let records = read_records(&dir.path().join("runs/sweep")).unwrap();
+    assert_eq!(records.iter().filter(|r| stage(r) == Stage::Final).count(), 4);
+    assert_eq!(records.len(), 12);
+}
+
+#[test]
+fn sweeps_that_cannot_run_as_meant_are_bad_input_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = recipe(dir.path(), "fixed");
+    let recipe = path.to_str().unwrap();
+    let bad = |sets: &[&str], plan: bool, expected: &[&str]| {
+        let mut args = vec![if plan { "plan" } else { "check" }, recipe];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let run = runner(dir.path(), &args, &[]);
+        assert_eq!(run.code, 2, "{sets:?}: {}", run.stdout);
+        for text in expected {
+            assert!(run.stderr.contains(text), "{sets:?}: {text:?} not in:\n{}", run.stderr);
+        }
+    };
+    // Two methods whose settings coincide would share runs.
+    let same = r#"adapters=[{kind = "linear_probe", label = "a", sweep = {"train.lr" = [0.01, 0.001]}},
+                            {kind = "linear_probe", label = "b", train = {lr = 0.001}}]"#;
+    bad(
+        &[same],
+        true,
+        &["adapters[0] (a) with train.lr=0.001 and adapters[1] (b) train exactly the same run"],
+    );
+    bad(
+        &[r#"adapters=[{kind = "linear_probe", sweep = {"adapter.label" = ["x", "y"]}}]"#],
+        false,
+        &["adapter.label", "not one of its settings"],
+    );
+    bad(&["sweep.sample=0"], false, &["sweep.sample", "expected at least 1"]);
+    bad(&["sweep.seed=3"], false, &["sweep.seed", "give `sample` too"]);
+    // Values fine alone, wrong together.
+    let clash = r#"sweep.grid={"train.epochs" = [1, 4], "train.warmup_epochs" = [0, 2]}"#;
+    bad(
+        &[clash],
+        false,
+        &["with train.epochs=1, train.lr=0.01, train.warmup_epochs=2", "expected at most epochs = 1"],
+    );
+    // Tuning needs a validation split.
+    let idx = r#"datasets=[{kind = "idx", task = "t", train_images = "i.gz", train_labels = "l.gz", test_images = "ti.gz",
+                           test_labels = "tl.gz", classes = 10, val_size = 0}]"#;
+    bad(&[idx, "protocol=\"tune_then_test\""], false, &["datasets[0].val_size", "positive val_size"]);
 }

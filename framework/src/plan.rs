@@ -9,7 +9,7 @@ use crate::data::identity::{self, DatasetTask, FileHashes, Missing};
 use crate::recipe::{
     BackboneConfig, EvalConfig, PreprocessConfig, Protocol, Recipe, Setting, Split, TrainConfig, sweep,
 };
-pub use crate::select::{Choice, Choices, GroupKey};
+pub use crate::select::{Candidate, Choice, Choices, GroupKey};
 
 /// Hex digits of the config hash kept in a run id.
 const ID_HASH_LEN: usize = 10;
@@ -53,9 +53,13 @@ pub struct SweepRun {
     pub index: usize,
     /// Swept key → value.
     pub setting: Setting,
-    /// In the final stage: the mean val200 accuracy that chose the setting.
+    /// In the final stage: the mean val200 accuracy that chose the setting (none when the method
+    /// has one setting, which needs no tuning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_accuracy: Option<f64>,
+    /// In the final stage: every setting tuning compared, with its mean val200 accuracy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<Candidate>,
 }
 
 /// The stage of a run.
@@ -83,28 +87,69 @@ pub struct RunLabels {
 
 /// Expands a validated recipe into its runs, in a fixed order: backbone, dataset, task, adapter,
 /// sweep setting (canonical order), seed. Under `protocol = "tune_then_test"` these are the
-/// tuning runs; [`plan_final`] gives the runs of the chosen settings.
+/// tuning runs (of the methods with more than one setting: one setting needs no choosing);
+/// [`plan_final`] gives the runs of the chosen settings.
 pub fn plan(recipe: &Recipe) -> Vec<RunSpec> {
     let stage = match recipe.protocol {
         Protocol::Fixed => Stage::Fixed,
         Protocol::TuneThenTest => Stage::Tune,
     };
     expand(recipe, stage, |_, ai| {
-        sweep::settings_for(recipe, &recipe.adapters[ai]).into_iter().map(|(i, s)| (i, s, None)).collect()
+        let settings = sweep::settings_for(recipe, &recipe.adapters[ai]);
+        if stage == Stage::Tune && settings.len() < 2 {
+            return vec![];
+        }
+        settings.into_iter().map(|(i, s)| (i, s, None, vec![])).collect()
     })
 }
 
 /// The final runs of `protocol = "tune_then_test"`: each method × task's chosen setting on
-/// train800val200 → test with the recipe's seeds. Groups without a choice (tuning unfinished)
-/// have no runs yet.
+/// train800val200 → test with the recipe's seeds. A method with one setting has it without
+/// tuning; groups without a choice (tuning unfinished) have no runs yet.
 pub fn plan_final(recipe: &Recipe, choices: &Choices) -> Vec<RunSpec> {
-    expand(recipe, Stage::Final, |key, _| {
-        choices.get(key).map(|c| vec![(c.index, c.setting.clone(), Some(c.val_accuracy))]).unwrap_or_default()
+    expand(recipe, Stage::Final, |key, ai| match sweep::settings_for(recipe, &recipe.adapters[ai]) {
+        only if only.len() == 1 => only.into_iter().map(|(i, s)| (i, s, None, vec![])).collect(),
+        _ => choices
+            .get(key)
+            .map(|c| vec![(c.index, c.setting.clone(), Some(c.val_accuracy), c.scores.clone())])
+            .unwrap_or_default(),
     })
 }
 
-/// A stage's settings of one group: (index in canonical order, setting, score that chose it).
-type Picked = Vec<(usize, Setting, Option<f64>)>;
+/// Every method × task group of the recipe (backbone, dataset task, adapter), in plan order: the
+/// groups a tune_then_test recipe chooses a setting for.
+pub fn groups(recipe: &Recipe) -> Vec<GroupKey> {
+    let mut out = Vec::new();
+    for bi in 0..recipe.backbones.len() {
+        for (di, dataset) in recipe.datasets.iter().enumerate() {
+            for task in identity::tasks(dataset) {
+                for ai in 0..recipe.adapters.len() {
+                    out.push(GroupKey { backbone: bi, dataset: di, task: task.name.clone(), adapter: ai });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Keeps the final runs of shard `index` of `count`. A final run's place is fixed by its group's
+/// place among [`groups`] and its seed's among the recipe's seeds, not by which groups are chosen
+/// so far, so every shard keeps the same runs however far tuning has come.
+pub fn shard_final(recipe: &Recipe, runs: Vec<RunSpec>, index: usize, count: usize) -> Vec<RunSpec> {
+    let groups = groups(recipe);
+    let seeds = recipe.seeds.len();
+    runs.into_iter()
+        .filter(|r| {
+            let g = groups.iter().position(|g| *g == GroupKey::of(r)).unwrap_or(0);
+            let s = recipe.seeds.iter().position(|&s| s == r.seed).unwrap_or(0);
+            (g * seeds + s) % count == index
+        })
+        .collect()
+}
+
+/// A stage's settings of one group: (index in canonical order, setting, score that chose it, every
+/// setting's score).
+type Picked = Vec<(usize, Setting, Option<f64>, Vec<Candidate>)>;
 
 fn expand(recipe: &Recipe, stage: Stage, pick: impl Fn(&GroupKey, usize) -> Picked) -> Vec<RunSpec> {
     let base = stage_recipe(recipe, stage);
@@ -135,7 +180,7 @@ fn expand(recipe: &Recipe, stage: Stage, pick: impl Fn(&GroupKey, usize) -> Pick
                 }
                 for ai in 0..recipe.adapters.len() {
                     let key = GroupKey { backbone: bi, dataset: di, task: task.name.clone(), adapter: ai };
-                    for (index, setting, val_accuracy) in pick(&key, ai) {
+                    for (index, setting, val_accuracy, scores) in pick(&key, ai) {
                         // Checks applied every swept value, so this only falls back on a bug.
                         let variant = sweep::apply(&base, ai, &setting).unwrap_or_else(|_| base.clone());
                         let adapter = &variant.adapters[ai];
@@ -146,6 +191,7 @@ fn expand(recipe: &Recipe, stage: Stage, pick: impl Fn(&GroupKey, usize) -> Pick
                             index,
                             setting: setting.clone(),
                             val_accuracy,
+                            scores: scores.clone(),
                         });
                         for &seed in &recipe.seeds {
                             let mut missing = backbones[bi].1.clone();
@@ -259,6 +305,24 @@ fn backbone_identity(b: &BackboneConfig, hashes: &mut FileHashes) -> (Value, Vec
         }
     }
     (v, missing)
+}
+
+/// Pairs of runs (indices into `runs`) that share an id although they belong to different method
+/// entries or settings: one would take the other's result (e.g. two methods whose settings
+/// coincide, or swept values that differ only in how they are written, `0` and `0.0`).
+pub fn collisions(runs: &[RunSpec]) -> Vec<(usize, usize)> {
+    let what = |r: &RunSpec| (r.adapter, r.sweep.as_ref().map(|s| (s.stage, s.index)));
+    let mut seen: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        let Some(id) = r.id.as_deref() else { continue };
+        match seen.get(id) {
+            Some(&j) if what(&runs[j]) != what(r) => out.push((j, i)),
+            Some(_) => {}
+            None => drop(seen.insert(id, i)),
+        }
+    }
+    out
 }
 
 /// Keeps the runs of shard `index` of `count` (round-robin over the plan order, so shards are

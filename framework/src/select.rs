@@ -2,22 +2,23 @@
 //!
 //! The rule: per backbone × dataset task × method, the setting with the highest val200 accuracy
 //! averaged over the tuning seeds (in the recipe's seed order, so the mean is the same float on
-//! every machine). Equal means go to the setting that comes first in canonical order (see
+//! every machine). Equal means (to 1e-9) go to the setting that comes first in canonical order (see
 //! [`crate::recipe::sweep`]), so a choice never depends on which run finished first. A setting
 //! with a failed seed is out (a diverging learning rate must lose, not block the others). A group
-//! is chosen only once every one of its tuning runs has ended, so a choice never changes as more
-//! runs finish, and the final runs it starts stay valid.
+//! is chosen only once every one of its tuning runs has ended; the runs folder then keeps the choice
+//! ([`crate::engine::protocol`]), so a failed tuning run that a later `runner run` retries cannot
+//! change it under final runs that already exist.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::RunSpec;
 use crate::recipe::{Setting, Split};
 use crate::record::RunRecord;
 
 /// The runs compared by one choice: a backbone, a dataset task and a method.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct GroupKey {
     /// Index into `recipe.backbones`.
     pub backbone: usize,
@@ -42,7 +43,7 @@ impl GroupKey {
 }
 
 /// The setting chosen for a group.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
     /// Its index in canonical order.
     pub index: usize,
@@ -50,8 +51,19 @@ pub struct Choice {
     pub setting: Setting,
     /// Its mean val200 accuracy over the tuning seeds.
     pub val_accuracy: f64,
-    /// How many settings were compared (those without a failed seed).
-    pub candidates: usize,
+    /// Every setting compared, in canonical order.
+    pub scores: Vec<Candidate>,
+}
+
+/// One setting as tuning scored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Its index in canonical order.
+    pub index: usize,
+    /// Swept key → value.
+    pub setting: Setting,
+    /// Its mean val200 accuracy over the tuning seeds; `None` when a seed failed.
+    pub val_accuracy: Option<f64>,
 }
 
 /// The choice of every group whose tuning has ended.
@@ -105,21 +117,25 @@ pub fn select(tuning: &[RunSpec], outcome: impl Fn(&str) -> Outcome) -> Choices 
         if settings.values().flat_map(|(_, o)| o).any(|o| *o == Outcome::Pending) {
             continue;
         }
-        let mut best: Option<Choice> = None;
-        let mut candidates = 0;
+        let mut scores = Vec::new();
         for (index, (setting, outcomes)) in settings {
-            let scores: Option<Vec<f64>> =
+            let scored: Option<Vec<f64>> =
                 outcomes.iter().map(|o| if let Outcome::Scored(s) = o { Some(*s) } else { None }).collect();
-            let Some(scores) = scores.filter(|s| !s.is_empty()) else { continue };
-            candidates += 1;
-            let mean = scores.iter().sum::<f64>() / scores.len() as f64;
-            // Strictly greater: settings come in canonical order, so a tie keeps the earlier one.
-            if best.as_ref().is_none_or(|b| mean > b.val_accuracy) {
-                best = Some(Choice { index, setting, val_accuracy: mean, candidates: 0 });
-            }
+            let mean = scored.filter(|s| !s.is_empty()).map(|s| s.iter().sum::<f64>() / s.len() as f64);
+            scores.push(Candidate { index, setting, val_accuracy: mean });
         }
-        if let Some(mut choice) = best {
-            choice.candidates = candidates;
+        // Settings come in canonical order and only a strictly higher mean replaces the best, so
+        // a tie keeps the earlier one. Means compare at 1e-9: accuracies are fractions of a few
+        // thousand images, and the same scores summed in another order may differ in the last bit.
+        let level = |v: f64| (v * 1e9).round();
+        let best =
+            scores.iter().filter_map(|c| Some((c, c.val_accuracy?))).fold(None, |best, (c, v)| match best {
+                Some((_, b)) if level(v) <= level(b) => best,
+                _ => Some((c, v)),
+            });
+        if let Some((b, val_accuracy)) = best {
+            let choice =
+                Choice { index: b.index, setting: b.setting.clone(), val_accuracy, scores: scores.clone() };
             choices.insert(key, choice);
         }
     }

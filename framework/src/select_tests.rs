@@ -49,7 +49,8 @@ fn the_best_mean_over_seeds_is_chosen() {
     assert_eq!(choice.index, 2);
     assert_eq!(choice.setting["train.lr"], serde_json::json!(0.3));
     assert_eq!(choice.val_accuracy, 0.6);
-    assert_eq!(choice.candidates, 3);
+    let means: Vec<Option<f64>> = choice.scores.iter().map(|c| c.val_accuracy).collect();
+    assert_eq!(means, [Some(0.5), Some(0.5), Some(0.6)], "every setting's mean, in canonical order");
 }
 
 #[test]
@@ -73,7 +74,42 @@ fn a_group_waits_for_all_its_runs_and_failed_settings_are_out() {
     assert!(choose(&runs, &outcomes).is_empty(), "one pending run holds the choice back");
     outcomes.insert(last, Outcome::Failed);
     let choice = choose(&runs, &outcomes).into_values().next().unwrap();
-    assert_eq!((choice.index, choice.candidates), (1, 2), "the failed setting 2 is out");
+    assert_eq!(choice.index, 1, "the failed setting 2 is out");
+    assert_eq!(choice.scores[2].val_accuracy, None);
+}
+
+#[test]
+fn equal_means_tie_even_when_their_sums_differ_in_the_last_bit() {
+    // 0.815 + 0.925 + 0.83 and 0.815 + 0.83 + 0.925 are different doubles; the means are equal.
+    let r: Recipe = toml::from_str(&RECIPE.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")).unwrap();
+    let runs = plan(&r);
+    let (a, b) = ([0.815, 0.925, 0.83], [0.815, 0.83, 0.925]);
+    assert_ne!(a.iter().sum::<f64>(), b.iter().sum::<f64>(), "the premise: the sums differ");
+    for (first, second) in [(a, b), (b, a)] {
+        let outcomes = scored(&runs, |i, s| match i {
+            0 => Outcome::Scored(first[s as usize]),
+            1 => Outcome::Scored(second[s as usize]),
+            _ => Outcome::Scored(0.1),
+        });
+        assert_eq!(choose(&runs, &outcomes).values().next().unwrap().index, 0);
+    }
+}
+
+#[test]
+fn a_method_with_one_setting_is_not_tuned_and_goes_straight_to_its_final_runs() {
+    let head = RECIPE.split("[[adapters]]").next().unwrap();
+    let text = format!(
+        "{head}[[adapters]]\nkind = \"linear_probe\"\nsweep = {{ \"train.lr\" = [0.1, 0.2] }}\n\
+         [[adapters]]\nkind = \"losa\"\nsweep = {{ \"train.lr\" = [0.2] }}\n\
+         [[datasets]]\nkind = \"synthetic\"\ntasks = [\"shape\"]\n"
+    );
+    let r: Recipe = toml::from_str(&text).unwrap();
+    let tune = plan(&r);
+    assert!(tune.iter().all(|t| t.adapter == 0), "only the method with two settings tunes");
+    assert_eq!(tune.len(), 2 * 2);
+    let fin = plan_final(&r, &Choices::new());
+    assert_eq!(fin.len(), 2, "the one-setting method's final runs, before any choice");
+    assert!(fin.iter().all(|f| f.adapter == 1 && f.sweep.as_ref().unwrap().val_accuracy.is_none()));
 }
 
 #[test]

@@ -50,17 +50,20 @@ pub(crate) fn render(report: &Report) -> String {
     let choices = crate::sweeps::choices(report);
     if !choices.is_empty() {
         out.push_str("\n## Chosen settings (tune_then_test)\n\n");
-        out.push_str("| Method | Task | Chosen setting | val200 % (chose it) | test % (final) |\n");
-        out.push_str("|:---|:---|:---|---:|---:|\n");
+        out.push_str(
+            "| Method | Task | Chosen setting | val200 % (chose it) | test % (final) | Settings compared (val200 %) |\n",
+        );
+        out.push_str("|:---|:---|:---|---:|---:|:---|\n");
         for c in &choices {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 inline(&c.method),
                 inline(&c.task),
                 inline(&c.setting),
                 c.val,
-                c.test
+                c.test,
+                inline(&c.compared)
             );
         }
     }

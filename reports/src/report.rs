@@ -21,9 +21,11 @@ pub struct ReportOptions {
     pub out_dir: Option<PathBuf>,
     /// Published-results CSV; default the saved recipe's `report.published`, if any.
     pub published: Option<PathBuf>,
-    /// Only these run ids (a plan's): records that earlier versions of a recipe left in the same
-    /// folder stay out. `None`: every record.
-    pub only: Option<std::collections::BTreeSet<String>>,
+    /// Only the runs of this plan: records that earlier versions of a recipe left in the same
+    /// folder stay out, and each record shows as the plan names it (its method's label and its
+    /// sweep setting, stage and choice: a run reused from another recipe, or from before a sweep,
+    /// keeps its id but not its old names). `None`: every record, as it was written.
+    pub plan: Option<Vec<losa_framework::plan::RunSpec>>,
 }
 
 /// The files a report consists of.
@@ -50,7 +52,17 @@ pub fn report_runs(runs_dir: &Path, options: &ReportOptions) -> Result<ReportFil
     // results themselves (and would mix val200 into test columns).
     let tuning = |r: &RunRecord| r.sweep.as_ref().is_some_and(|s| s.stage == Stage::Tune);
     let tuning_runs = records.iter().filter(|r| tuning(r)).count();
-    records.retain(|r| !tuning(r) && options.only.as_ref().is_none_or(|only| only.contains(&r.run_id)));
+    if let Some(plan) = &options.plan {
+        let specs: std::collections::BTreeMap<&str, &losa_framework::plan::RunSpec> =
+            plan.iter().filter_map(|r| Some((r.id.as_deref()?, r))).collect();
+        records.retain(|r| specs.contains_key(r.run_id.as_str()));
+        for r in &mut records {
+            let spec = specs[r.run_id.as_str()];
+            r.labels.adapter.clone_from(&spec.labels.adapter);
+            r.sweep.clone_from(&spec.sweep);
+        }
+    }
+    records.retain(|r| !tuning(r));
     if records.is_empty() {
         return Err(match tuning_runs {
             0 => store::StoreError::NoRecords(runs_dir.to_owned()).into(),

@@ -50,6 +50,9 @@ pub struct ChoiceRow {
     pub val: String,
     /// The final test accuracy (%) over the final seeds, formatted, as in the accuracy table.
     pub test: String,
+    /// Every setting compared with its mean val200 accuracy (%), the chosen one first: shows
+    /// whether the choice sits at the edge of the grid. Empty for a method with one setting.
+    pub compared: String,
 }
 
 /// The choices behind the final runs in a report, in report order (method, task).
@@ -69,8 +72,19 @@ pub fn choices(report: &Report) -> Vec<ChoiceRow> {
                 true => "(nothing swept)".into(),
                 false => sweep::label(&s.setting),
             },
+            // No score: a method with one setting has nothing to choose between and is not tuned.
             val: s.val_accuracy.map_or_else(|| "–".into(), |v| format!("{:.1}", v * 100.0)),
             test: test.map_or_else(|| "–".into(), |v| format!("{v:.1}")),
+            compared: s
+                .scores
+                .iter()
+                .map(|c| {
+                    let val = c.val_accuracy.map_or_else(|| "failed".into(), |v| format!("{:.1}", v * 100.0));
+                    let mark = if c.index == s.index { " (chosen)" } else { "" };
+                    format!("{}: {val}{mark}", sweep::label(&c.setting))
+                })
+                .collect::<Vec<_>>()
+                .join(" · "),
         });
     }
     out

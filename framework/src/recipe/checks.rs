@@ -373,13 +373,35 @@ fn check_protocol(c: &mut Checker, recipe: &Recipe) {
     c.at(&["eval".into()], "select", e.select == Selection::Last, || {
         format!("{why}, and it reports the last epoch; use select = \"last\"")
     });
+    // Tuning scores on the validation split (val200): a dataset must have one.
+    for (i, dataset) in recipe.datasets.iter().enumerate() {
+        let val_size = match dataset {
+            DatasetConfig::ImageFolder(f) => f.val_size,
+            DatasetConfig::Idx(x) => x.val_size,
+            DatasetConfig::Vtab1k(_) | DatasetConfig::Synthetic(_) => continue,
+        };
+        c.at(&["datasets".into(), i.to_string()], "val_size", val_size > 0, || {
+            "protocol = \"tune_then_test\" scores settings on the validation split; expected a positive \
+             val_size, found 0"
+                .into()
+        });
+    }
 }
 
 /// Every swept key must be sweepable and every value must make a valid recipe when applied alone.
 fn check_sweeps(c: &mut Checker, recipe: &Recipe) {
     // Checking a value checks the recipe of that setting, which sweeps nothing: this return ends
     // that recursion.
-    if recipe.sweep.grid.is_empty() && recipe.adapters.iter().all(|a| a.sweep().is_empty()) {
+    let sweeps_nothing = recipe.sweep.grid.is_empty() && recipe.adapters.iter().all(|a| a.sweep().is_empty());
+    let at = ["sweep".to_owned()];
+    if let Some(n) = recipe.sweep.sample {
+        c.at(&at, "sample", n > 0, || "expected at least 1 setting, found 0".into());
+        c.at(&at, "sample", !sweeps_nothing, || "nothing is swept: give a grid to sample from".into());
+    }
+    c.at(&at, "seed", recipe.sweep.seed == 0 || recipe.sweep.sample.is_some(), || {
+        "`seed` draws the settings of `sample`; give `sample` too, or leave `seed` out".into()
+    });
+    if sweeps_nothing {
         return;
     }
     let base = check_without_sweeps(recipe);
@@ -423,8 +445,35 @@ fn check_sweeps(c: &mut Checker, recipe: &Recipe) {
             }
         }
     }
+    // Values that are valid one by one can clash together (epochs = 1 with warmup_epochs = 2):
+    // every setting a method runs is checked too, once the values alone are fine.
+    if c.found.is_empty() {
+        // The first few clashing settings say enough.
+        let mut clashes = 0;
+        for (ai, adapter) in recipe.adapters.iter().enumerate() {
+            for (_, setting) in settings_for(recipe, adapter).iter().take(MAX_CHECKED_SETTINGS) {
+                let found = match apply(recipe, ai, setting) {
+                    Ok(variant) => check(&variant).into_iter().filter(|p| !base.contains(p)).collect(),
+                    Err(e) => vec![(vec![], e)],
+                };
+                if let Some((path, message)) = found.into_iter().next().filter(|_| clashes < 5) {
+                    clashes += 1;
+                    let place =
+                        if path.is_empty() { String::new() } else { format!("{}: ", key_path(&path)) };
+                    let at = match adapter.sweep().is_empty() {
+                        true => global.to_vec(),
+                        false => vec!["adapters".into(), ai.to_string(), "sweep".into()],
+                    };
+                    c.push(&at, format!("with {}: {place}{message}", label(setting)));
+                }
+            }
+        }
+    }
     c.found.dedup();
 }
+
+/// Settings checked together per method: a bound on the time `runner check` takes for huge grids.
+const MAX_CHECKED_SETTINGS: usize = 10_000;
 
 /// The recipe's own problems, apart from its sweeps (what a swept value adds is reported alone).
 fn check_without_sweeps(recipe: &Recipe) -> Vec<Found> {

@@ -94,9 +94,19 @@ pub fn key_problem(key: &str) -> Option<String> {
             "cannot sweep {key:?}: a swept key is `train.<key>`, `adapter.<key>` or `eval.<key>`"
         ));
     }
-    PROTOCOL_KEYS
-        .contains(&key)
-        .then(|| format!("cannot sweep {key:?}: the splits are set by `eval` and `protocol`"))
+    if PROTOCOL_KEYS.contains(&key) {
+        return Some(format!("cannot sweep {key:?}: the splits are set by `eval` and `protocol`"));
+    }
+    // What a method is and how it is named are not settings of it; its training settings are
+    // swept as `train.<key>`.
+    let method = ["kind", "label", "sweep", "train"];
+    key.strip_prefix("adapter.")
+        .and_then(|rest| rest.split('.').next())
+        .filter(|first| method.contains(first))
+        .map(|first| match first {
+            "train" => format!("cannot sweep {key:?}: sweep a method's training settings as `train.<key>`"),
+            _ => format!("cannot sweep {key:?}: a method's `{first}` is not one of its settings"),
+        })
 }
 
 /// The merged grid of adapter `ai`: `[sweep.grid]` with the adapter's own `sweep` over it.
