@@ -315,6 +315,8 @@ fn a_choice_once_made_stays_when_a_failed_tuning_run_is_retried() {
     assert!(again.stdout.contains("1 failed tuning run(s) not run again"), "{}", again.stdout);
     assert_eq!(chosen(&read_records(&out).unwrap()), [1 - best]);
     assert_eq!(std::fs::read_dir(out.join("choices")).unwrap().count(), 2, "one stored choice per group");
+    let md = std::fs::read_to_string(out.join("report/summary.md")).unwrap();
+    assert!(md.contains("1 tuning run(s) failed"), "{md}");
     // --force redoes everything, the failed run too, and chooses again: the first choice.
     let force = runner(dir.path(), &["run", recipe, "--force"], &[]);
     assert_eq!(force.code, 0, "{}", force.stderr);

@@ -52,6 +52,7 @@ pub fn report_runs(runs_dir: &Path, options: &ReportOptions) -> Result<ReportFil
     // results themselves (and would mix val200 into test columns).
     let tuning = |r: &RunRecord| r.sweep.as_ref().is_some_and(|s| s.stage == Stage::Tune);
     let tuning_runs = records.iter().filter(|r| tuning(r)).count();
+    let tuning_failed = records.iter().filter(|r| tuning(r) && !r.finished()).count();
     if let Some(plan) = &options.plan {
         let specs: std::collections::BTreeMap<&str, &losa_framework::plan::RunSpec> =
             plan.iter().filter_map(|r| Some((r.id.as_deref()?, r))).collect();
@@ -79,6 +80,7 @@ pub fn report_runs(runs_dir: &Path, options: &ReportOptions) -> Result<ReportFil
         (None, None) => None,
     };
     let mut report = Report::new(records, recipe, published)?;
+    report.tuning_failed = tuning_failed;
     if report.recipe.is_none() {
         let folder = runs_dir.canonicalize().unwrap_or_else(|_| runs_dir.to_owned());
         if let Some(name) = folder.file_name() {
@@ -103,6 +105,9 @@ pub struct Report {
     pub published: Option<Published>,
     /// The saved recipe, shown as text.
     pub recipe: Option<SavedRecipe>,
+    /// Tuning runs (tune_then_test) that failed: not results, but their settings were left out
+    /// of the choice, which a reader must know.
+    pub tuning_failed: usize,
     /// The records in report order (method, task, seed).
     records: Vec<RunRecord>,
     /// The method row index of each record.
@@ -187,7 +192,17 @@ impl Report {
             .map(|r| r.recipe.report.title.clone().unwrap_or_else(|| r.recipe.name.clone()))
             .unwrap_or_else(|| "losa report".into());
         let description = recipe.as_ref().map(|r| r.recipe.description.clone()).unwrap_or_default();
-        Ok(Report { title, description, summary, tables, published, recipe, records, method_of })
+        Ok(Report {
+            title,
+            description,
+            summary,
+            tables,
+            published,
+            recipe,
+            tuning_failed: 0,
+            records,
+            method_of,
+        })
     }
 
     /// Each record in report order, with its method's name and row index.
@@ -227,6 +242,13 @@ impl Report {
                 "{on_test} of {} runs report an epoch selected on the test split (eval.select = \"best_test\"). That is \
                  not the VTAB-1k protocol and inflates accuracy; their cells are marked ᵀ.",
                 self.records.len()
+            ));
+        }
+        if self.tuning_failed > 0 {
+            out.push(format!(
+                "{} tuning run(s) failed: a setting with a failed seed was left out of its method × task's choice \
+                 (`runner status` lists the runs and their reasons).",
+                self.tuning_failed
             ));
         }
         let failed = self.records.iter().filter(|r| !r.finished()).count();
