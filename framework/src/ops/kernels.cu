@@ -99,16 +99,17 @@ __device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, T *dx, int 
 }
 
 // Block k sums rows [k*per, min((k+1)*per, rows)) into partial[k] = [sum g xhat ; sum g] ([2, d]),
-// each thread owning the columns j = threadIdx.x + i*blockDim.x (accumulators in shared memory,
-// so no atomics and a fixed summation order). The caller sums the partials over k.
+// each thread accumulating the columns j = threadIdx.x + i*blockDim.x (in shared memory, so no
+// atomics and a fixed summation order). The caller sums the partials over k.
 template <typename T>
 __device__ void layer_norm_bwd_params(const T *x, const T *g, typename Acc<T>::type *partial, int rows,
                                       int per, int d, double eps) {
   typedef typename Acc<T>::type A;
   __shared__ A buf[32];
-  extern __shared__ unsigned char raw[];
+  extern __shared__ __align__(16) unsigned char raw[];
   A *acc = reinterpret_cast<A *>(raw);
   for (int j = threadIdx.x; j < 2 * d; j += blockDim.x) acc[j] = A(0);
+  __syncthreads();
   const int start = blockIdx.x * per;
   const int end = min(start + per, rows);
   for (int r = start; r < end; ++r) {
@@ -122,6 +123,8 @@ __device__ void layer_norm_bwd_params(const T *x, const T *g, typename Acc<T>::t
       acc[d + j] += gj;
     }
   }
+  // acc[d + j] is updated by the owner of column j but written out by the owner of index d + j.
+  __syncthreads();
   A *out = partial + (size_t)blockIdx.x * 2 * d;
   for (int j = threadIdx.x; j < 2 * d; j += blockDim.x) out[j] = acc[j];
 }
