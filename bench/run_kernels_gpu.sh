@@ -3,6 +3,8 @@
 # Build here first (CUDA 13 toolchain, compute capability 9.0):
 #   eval "$(bash ../shared/tools/cuda-toolchain.sh)"
 #   CARGO_TARGET_DIR=/work/target-cuda cargo build --release -p losa-bench --features cuda --bin kernels --bin train_step
+# (if that target folder is shared with another checkout, `touch framework/build.rs` first: cargo can
+# take the other checkout's build-script output for fresh, and then no PTX is found)
 # then copy the two binaries and this repository's bench/ folder to the GPU machine and run
 #   BIN_DIR=<folder with kernels and train_step> bench/run_kernels_gpu.sh
 # It runs (1) the kernel check: every fused op's CUDA kernels (forward and backward, f32, bf16, f16,
