@@ -1,5 +1,6 @@
 //! Build facts for run records: the git commit this build comes from and candle's version
-//! (read from Cargo.lock, the version actually compiled in).
+//! (read from Cargo.lock, the version actually compiled in); with the `cuda` feature, the PTX of
+//! the fused ops' kernels (src/ops/kernels.cu).
 
 use std::path::Path;
 use std::process::Command;
@@ -42,4 +43,28 @@ fn main() {
         .map(|v| v.trim_end_matches('"').to_owned())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=LOSA_CANDLE_VERSION={version}");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        compile_ptx();
+    }
+}
+
+/// Compiles src/ops/kernels.cu to PTX with nvcc, as candle-kernels compiles candle's own kernels
+/// (ahead of time, so a broken kernel fails the build here rather than at run time on the GPU
+/// machine, and that machine needs no NVRTC). PTX for `compute_<CUDA_COMPUTE_CAP>` (default 90,
+/// as the project's GPU build) is JIT-compiled by the driver for the card it runs on.
+fn compile_ptx() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ops/kernels.cu");
+    println!("cargo:rerun-if-changed={}", src.display());
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("losa_ops.ptx");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
+    let status = Command::new(&nvcc)
+        .args(["--ptx", "-O3", "-std=c++17", &format!("-arch=compute_{cap}"), "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("running {nvcc} (the CUDA toolkit, see ../shared/GPU.md): {e}"));
+    assert!(status.success(), "{nvcc} failed on {}", src.display());
 }

@@ -6,7 +6,8 @@
 //! Each `g_i` is a low-rank mixer (the paper leaves its internals open; these are the defaults of
 //! ../shared/REFERENCE.md §1): `H = Z`, then for each mixer in order `H = H + Mix(H)`, and `g(Z) = H − Z`;
 //! `ChannelMix(X) = act(LN(X)·Wdᵀ + bd)·Wuᵀ + bu` over the width (d → r → d) and
-//! `TokenMix(X) = (act(LN(X)ᵀ·Wdᵀ + bd)·Wuᵀ)ᵀ` over the tokens (n → r_t → n). The token mixer's
+//! `TokenMix(X) = (act(LN(X)ᵀ·Wdᵀ + bd)·Wuᵀ)ᵀ = Wu·act(Wd·LN(X) + bd)` over the tokens
+//! (n → r_t → n), computed in the second form (no transposes). The token mixer's
 //! up-projection has no bias: it would add one constant to every channel of a token, which the
 //! LayerNorm over channels that reads the stream next (a mixer's or the head's) removes — a
 //! parameter without effect (a finite-difference test found its gradient exactly zero).
@@ -17,6 +18,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Result, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse, Taps, compute_taps};
+use losa_framework::ops;
 use losa_framework::recipe::{Activation, LosaConfig, Mixer, MixerNorm};
 use losa_framework::vit::{Grad, LayerNorm, Vit};
 
@@ -84,7 +86,7 @@ impl Losa {
     }
 
     /// `g_i(z)` for the mixers of one block.
-    fn mix(&self, parts: &[LowRank], z: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+    pub(crate) fn mix(&self, parts: &[LowRank], z: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
         let mut h = z.clone();
         for p in parts {
             let x = match &p.norm {
@@ -92,24 +94,38 @@ impl Losa {
                     .forward(&h, Grad::Through)?,
                 None => h.clone(),
             };
-            // Token mixing works on the transposed sequence: [batch, width, tokens].
-            let x = match p.axis {
-                Mixer::Channel => x,
-                Mixer::Token => x.transpose(1, 2)?,
-            };
-            let a = x.broadcast_matmul(&p.down.as_tensor().t()?)?.broadcast_add(p.down_bias.as_tensor())?;
-            let a = self.dropout.apply(&activate(&a, self.activation)?, train)?;
-            let mut y = a.broadcast_matmul(&p.up.as_tensor().t()?)?;
-            if let Some(bias) = &p.up_bias {
-                y = y.broadcast_add(bias.as_tensor())?;
-            }
+            let (down, up) = (p.down.as_tensor(), p.up.as_tensor());
             let y = match p.axis {
-                Mixer::Channel => y,
-                Mixer::Token => y.transpose(1, 2)?,
+                // [batch, tokens, width] · Wdᵀ → [batch, tokens, rank] → · Wuᵀ → [batch, tokens, width].
+                Mixer::Channel => {
+                    let a = self.act(&x.broadcast_matmul(&down.t()?)?, p.down_bias.as_tensor(), 2)?;
+                    self.dropout.apply(&a, train)?.broadcast_matmul(&up.t()?)?
+                }
+                // Wd [r_t, tokens] · X [batch, tokens, width] → [batch, r_t, width], then
+                // Wu [tokens, r_t] · A → [batch, tokens, width]: the matmul from the left mixes the
+                // tokens with no transposed copy of X or of the result (the paper's `(·)ᵀ`).
+                Mixer::Token => {
+                    let a = self.act(&down.broadcast_matmul(&x)?, p.down_bias.as_tensor(), 1)?;
+                    up.broadcast_matmul(&self.dropout.apply(&a, train)?)?
+                }
             };
-            h = (h + y)?;
+            h = match &p.up_bias {
+                Some(bias) => (h + y.broadcast_add(bias.as_tensor())?)?,
+                None => (h + y)?,
+            };
         }
         h - z
+    }
+
+    /// `act(a + bias)`, the bias along dimension `dim` of `a`: GELU (the default) in one fused op
+    /// with a one-pass backward (losa_framework::ops), other activations composed.
+    fn act(&self, a: &Tensor, bias: &Tensor, dim: usize) -> Result<Tensor> {
+        if matches!(self.activation, Activation::Gelu) {
+            return ops::bias_gelu(a, bias, dim);
+        }
+        let mut shape = vec![1; a.rank()];
+        shape[dim] = bias.dim(0)?;
+        activate(&a.broadcast_add(&bias.reshape(shape)?)?, self.activation)
     }
 }
 

@@ -341,3 +341,45 @@ fn a_fully_finetuned_backbone_saves_as_a_timm_checkpoint() {
     let diff = (logits - direct).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-5, "{diff}");
 }
+
+/// LoSA's mixers as computed (fused LayerNorm and bias + GELU, token mixing as a matmul from the
+/// left) against REFERENCE.md §1's formulas written out with transposes and primitive ops, in
+/// f64 with random parameters.
+#[test]
+fn losa_mixers_match_the_transposed_composition() {
+    use candle_core::D;
+    let vit = backbone(DType::F64);
+    let config = LosaConfig { channel_rank: 4, token_rank: 3, ..Default::default() };
+    let mut init = crate::common::Init::new(3, &Device::Cpu, DType::F64);
+    let head = crate::common::Head::new(&mut init, 12, 5, Pool::Mean).unwrap();
+    let losa = crate::losa::Losa::new(&config, &vit, head, &mut init).unwrap();
+    randomise(&losa);
+    let z = seeded_normal((2, vit.config.num_tokens(), 12), 1.0, 11, &Device::Cpu).unwrap();
+    for parts in losa.mixers.values() {
+        assert_eq!(parts.len(), 2);
+        let fused = losa.mix(parts, &z, 1e-6, false).unwrap();
+        let mut h = z.clone();
+        for p in parts {
+            let (w, b) = p.norm.as_ref().unwrap();
+            let centred = h.broadcast_sub(&h.mean_keepdim(D::Minus1).unwrap()).unwrap();
+            let var = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let x = centred.broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap()).unwrap();
+            let x = x.broadcast_mul(w.as_tensor()).unwrap().broadcast_add(b.as_tensor()).unwrap();
+            let token = p.axis == Mixer::Token;
+            let x = if token { x.transpose(1, 2).unwrap() } else { x };
+            let a = x.broadcast_matmul(&p.down.as_tensor().t().unwrap()).unwrap();
+            let a = a.broadcast_add(p.down_bias.as_tensor()).unwrap().gelu_erf().unwrap();
+            let mut y = a.broadcast_matmul(&p.up.as_tensor().t().unwrap()).unwrap();
+            if let Some(bias) = &p.up_bias {
+                y = y.broadcast_add(bias.as_tensor()).unwrap();
+            }
+            let y = if token { y.transpose(1, 2).unwrap() } else { y };
+            h = (h + y).unwrap();
+        }
+        let reference = (h - &z).unwrap();
+        let diff =
+            (&fused - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(scale > 1e-3 && diff <= 1e-12 * scale, "mixer differs by {diff} (scale {scale})");
+    }
+}

@@ -156,9 +156,14 @@ fn run() -> Result<(), String> {
     for name in &args.methods {
         memory::reset_peak();
         let base = memory::current_rss().unwrap_or(0);
+        // On CUDA: device memory in use (total − free, so the allocator's pool counts, as PyTorch's
+        // max_memory_reserved does) sampled after the forward, the backward and the update.
+        let meter = memory::Meter::start(&device);
         let (seconds, trainable) = if name == "forward" {
             let t = time(&device, args.warmup, args.steps, || {
-                vit.forward(&images, &NoHooks, Grad::Frozen, false).map(|_| ())
+                let out = vit.forward(&images, &NoHooks, Grad::Frozen, false);
+                meter.sample();
+                out.map(|_| ())
             })
             .map_err(e)?;
             (t, 0)
@@ -176,15 +181,23 @@ fn run() -> Result<(), String> {
                     Some(taps) => method.forward_taps(&vit, taps, true)?,
                     None => method.forward(&vit, &images, true)?,
                 };
+                meter.sample();
                 let grads = cross_entropy(&logits, &labels, 0.0)?.backward()?;
-                opt.step(&grads, 1e-4).map(|_| ())
+                meter.sample();
+                opt.step(&grads, 1e-4)?;
+                meter.sample();
+                Ok(())
             })
             .map_err(e)?;
             (t, trainable)
         };
         // On the CPU: the process's peak resident set during this method above the resident set
         // before it (weights, images and earlier results included in the base).
-        let peak = memory::peak_rss().map(|p| p.saturating_sub(base)).unwrap_or(0);
+        let peak = if device.is_cuda() {
+            meter.peak().bytes
+        } else {
+            memory::peak_rss().map(|p| p.saturating_sub(base)).unwrap_or(0)
+        };
         println!(
             "{:<14} {:>10.1} {:>10.1} {:>12.1} {:>14}",
             name,

@@ -1,0 +1,205 @@
+//! Kernel check: each fused op of `losa_framework::ops` (values and gradients) on a device
+//! against its CPU fallback on the same random inputs, with the device's outputs pre-filled with
+//! NaN (`ops::poison_outputs`), so an element a kernel leaves unwritten fails the check; then the
+//! time of each op forward + backward, fused against the unfused composition. Prints pass/fail and
+//! timing tables and exits 1 on any failure. `bench/run_kernels_gpu.sh` runs it on the GPU.
+//!   kernels [--device cuda|cpu] [--runs 20]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Result, Tensor, Var};
+use losa_framework::ops;
+use losa_framework::recipe::DeviceSpec;
+use losa_framework::vit::seeded_normal;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    LayerNorm,
+    BiasGelu(usize),
+}
+
+impl Op {
+    fn name(self) -> String {
+        match self {
+            Op::LayerNorm => "layer_norm".into(),
+            Op::BiasGelu(dim) => format!("bias_gelu(dim {dim})"),
+        }
+    }
+
+    /// Random inputs (f64 on the CPU): x, then weight and bias or the bias.
+    fn inputs(self, shape: &[usize]) -> Result<Vec<Tensor>> {
+        let cpu = Device::Cpu;
+        let x = (seeded_normal(shape, 1.5, 1, &cpu)? + 0.3)?;
+        Ok(match self {
+            Op::LayerNorm => {
+                let d = shape[shape.len() - 1];
+                vec![x, (seeded_normal(d, 0.2, 2, &cpu)? + 1.0)?, seeded_normal(d, 0.2, 3, &cpu)?]
+            }
+            Op::BiasGelu(dim) => vec![x, seeded_normal(shape[dim], 0.5, 4, &cpu)?],
+        })
+    }
+
+    fn fused(self, t: &[Tensor]) -> Result<Tensor> {
+        match self {
+            Op::LayerNorm => ops::layer_norm(&t[0], &t[1], &t[2], 1e-6),
+            Op::BiasGelu(dim) => ops::bias_gelu(&t[0], &t[1], dim),
+        }
+    }
+
+    /// The composition of candle primitives each op replaces.
+    fn unfused(self, t: &[Tensor]) -> Result<Tensor> {
+        match self {
+            Op::LayerNorm => {
+                let centred = t[0].broadcast_sub(&t[0].mean_keepdim(D::Minus1)?)?;
+                let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+                centred.broadcast_div(&(var + 1e-6)?.sqrt()?)?.broadcast_mul(&t[1])?.broadcast_add(&t[2])
+            }
+            Op::BiasGelu(dim) => {
+                let mut shape = vec![1; t[0].rank()];
+                shape[dim] = t[1].dim(0)?;
+                t[0].broadcast_add(&t[1].reshape(shape)?)?.gelu_erf()
+            }
+        }
+    }
+}
+
+/// The output and the gradient of `sum(f(inputs) · probe)` for every input.
+fn run(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], probe: &Tensor) -> Result<Vec<Tensor>> {
+    let vars = inputs.iter().map(Var::from_tensor).collect::<Result<Vec<_>>>()?;
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts)?;
+    let grads = (&y * probe)?.sum_all()?.backward()?;
+    let mut out = vec![y];
+    for v in &vars {
+        out.push(grads.get(v.as_tensor()).cloned().ok_or(candle_core::Error::Msg("no gradient".into()))?);
+    }
+    Ok(out)
+}
+
+/// max |a − b| / max |b|, or infinity if `a` has a non-finite element (an unwritten NaN).
+fn scaled_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a: Vec<f64> = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let b: Vec<f64> = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    if a.iter().any(|v| !v.is_finite()) || a.len() != b.len() {
+        return Ok(f64::INFINITY);
+    }
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    Ok(a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale)
+}
+
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-10,
+        DType::F32 => 1e-4,
+        DType::F16 => 5e-3,
+        _ => 4e-2,
+    }
+}
+
+fn median_ms(device: &Device, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    device.synchronize()?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        f()?;
+        device.synchronize()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> std::process::ExitCode {
+    match check() {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn check() -> std::result::Result<bool, String> {
+    let (mut device, mut runs) = (DeviceSpec::Auto, 20usize);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--device" => device = value.parse()?,
+            "--runs" => runs = value.parse().map_err(|e| format!("--runs: {e}"))?,
+            other => {
+                return Err(format!("unknown flag {other}; usage: kernels [--device cuda|cpu] [--runs 20]"));
+            }
+        }
+    }
+    let device = device.open().map_err(|e| e.to_string())?;
+    check_on(&device, runs).map_err(|e| e.to_string())
+}
+
+fn check_on(device: &Device, runs: usize) -> Result<bool> {
+    ops::poison_outputs(true);
+    let cases: Vec<(Op, Vec<usize>)> = vec![
+        (Op::LayerNorm, vec![64, 197, 768]),
+        (Op::LayerNorm, vec![64, 197, 192]),
+        (Op::LayerNorm, vec![3, 5, 50]),
+        (Op::BiasGelu(2), vec![64, 197, 8]),
+        (Op::BiasGelu(1), vec![64, 8, 768]),
+        (Op::BiasGelu(1), vec![7, 5, 3]),
+    ];
+    let mut ok = true;
+    println!("# fused ops on {device:?} against the CPU fallback (error = max |device − cpu| / max |cpu|)");
+    println!("| op | shape | dtype | output | error | tolerance | result |");
+    println!("|---|---|---|---|---:|---:|---|");
+    for (op, shape) in &cases {
+        for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
+            let inputs: Vec<Tensor> =
+                op.inputs(shape)?.iter().map(|t| t.to_dtype(dtype)).collect::<Result<_>>()?;
+            let probe = seeded_normal(shape.as_slice(), 1.0, 9, &Device::Cpu)?.to_dtype(dtype)?;
+            let cpu = run(|t| op.fused(t), &inputs, &probe)?;
+            let on_device: Vec<Tensor> = inputs.iter().map(|t| t.to_device(device)).collect::<Result<_>>()?;
+            let dev = run(|t| op.fused(t), &on_device, &probe.to_device(device)?)?;
+            let names = match op {
+                Op::LayerNorm => ["y", "dx", "dweight", "dbias"].as_slice(),
+                Op::BiasGelu(_) => ["y", "dx", "dbias"].as_slice(),
+            };
+            for ((name, a), b) in names.iter().zip(&dev).zip(&cpu) {
+                let err = scaled_err(a, b)?;
+                let pass = err <= tolerance(dtype);
+                ok &= pass;
+                println!(
+                    "| {} | {shape:?} | {dtype:?} | {name} | {err:.2e} | {:.0e} | {} |",
+                    op.name(),
+                    tolerance(dtype),
+                    if pass { "pass" } else { "FAIL" }
+                );
+            }
+        }
+    }
+    ops::poison_outputs(false);
+    println!("\n# forward + backward, median of {runs} runs on {device:?} (ms)");
+    println!("| op | shape | dtype | fused | unfused | unfused / fused |");
+    println!("|---|---|---|---:|---:|---:|");
+    for (op, shape) in &cases {
+        for dtype in [DType::F32, DType::BF16] {
+            let inputs: Vec<Tensor> = op
+                .inputs(shape)?
+                .iter()
+                .map(|t| t.to_dtype(dtype)?.to_device(device))
+                .collect::<Result<_>>()?;
+            let probe =
+                seeded_normal(shape.as_slice(), 1.0, 9, &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+            let fused = median_ms(device, runs, || run(|t| op.fused(t), &inputs, &probe).map(|_| ()))?;
+            let unfused = median_ms(device, runs, || run(|t| op.unfused(t), &inputs, &probe).map(|_| ()))?;
+            println!(
+                "| {} | {shape:?} | {dtype:?} | {fused:.3} | {unfused:.3} | {:.2} |",
+                op.name(),
+                unfused / fused
+            );
+        }
+    }
+    println!("\nkernel check: {}", if ok { "all pass" } else { "FAILURES above" });
+    Ok(ok)
+}

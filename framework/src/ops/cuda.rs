@@ -1,0 +1,246 @@
+//! Launches the kernels of kernels.cu (PTX built by build.rs, loaded once per device into the
+//! module `losa_ops` through candle's custom-module cache, as candle-nn loads its own kernels).
+//! The only module of the crate with `unsafe`: allocating uninitialised device memory and
+//! launching a kernel are unsafe in cudarc.
+#![allow(unsafe_code)]
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+use candle_core::{DType, Layout, Result, Shape, WithDType, bail, builder_arg};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/losa_ops.ptx"));
+const MODULE: &str = "losa_ops";
+/// Threads per block (a multiple of 32, as `block_sum` needs).
+const BLOCK: usize = 256;
+/// At most this many blocks reduce the LayerNorm scale and shift gradients (one chunk of rows each).
+const PARAM_CHUNKS: usize = 256;
+
+/// An input: storage and layout.
+type In<'a> = (&'a CudaStorage, &'a Layout);
+
+/// An element type with kernels, and the type its kernels accumulate in.
+trait Kern: CudaDType + DeviceRepr + WithDType {
+    type A: CudaDType + DeviceRepr + WithDType;
+}
+impl Kern for f32 {
+    type A = f32;
+}
+impl Kern for f64 {
+    type A = f64;
+}
+impl Kern for half::f16 {
+    type A = f32;
+}
+impl Kern for half::bf16 {
+    type A = f32;
+}
+
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident($($arg:expr),*)) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F64 => $f::<f64>($($arg),*),
+            DType::F16 => $f::<half::f16>($($arg),*),
+            DType::BF16 => $f::<half::bf16>($($arg),*),
+            other => bail!("losa ops: no CUDA kernel for {other:?}"),
+        }
+    };
+}
+
+/// The contiguous elements of an input (the ops' wrappers make inputs contiguous).
+fn view<'a, T: Kern>((s, l): In<'a>) -> Result<CudaView<'a, T>> {
+    let slice = s.as_cuda_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(slice.slice(start..end)),
+        None => bail!("losa ops: CUDA input must be contiguous"),
+    }
+}
+
+/// Fills `out` with NaN when `ops::poison_outputs` is on (before a kernel that must overwrite it).
+fn poison<T: DeviceRepr>(dev: &candle_core::cuda_backend::CudaDevice, out: &CudaSlice<T>) -> Result<()> {
+    if !super::poisoning() || out.is_empty() {
+        return Ok(());
+    }
+    let bytes = out.len() * std::mem::size_of::<T>();
+    let func = dev.get_or_load_custom_func("poison_bytes", MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(out);
+    builder_arg!(args, bytes as u64);
+    // SAFETY: the arguments match `poison_bytes(unsigned char*, uint64_t)`; out holds `bytes` bytes.
+    unsafe { args.launch(flat_config(bytes)) }.w()?;
+    Ok(())
+}
+
+fn kernel<T: Kern>(name: &str) -> String {
+    format!("{name}_{}", T::DTYPE.as_str())
+}
+
+/// One block per row of `d` elements.
+fn rows_config(rows: usize, d: usize) -> Result<LaunchConfig> {
+    let block = (d.div_ceil(32) * 32).clamp(32, BLOCK) as u32;
+    let Ok(rows) = u32::try_from(rows) else { bail!("losa ops: {rows} rows is too many for one launch") };
+    Ok(LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// Grid-stride loop over `n` elements.
+fn flat_config(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK).clamp(1, 1 << 20) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK as u32, 1, 1), shared_mem_bytes: 0 }
+}
+
+pub(crate) fn layer_norm_fwd(x: In, w: In, b: In, eps: f64) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.0.dtype(), ln_fwd(x, w, b, eps))
+}
+
+fn ln_fwd<T: Kern>(x: In, w: In, b: In, eps: f64) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let (shape, d) = (x.1.shape().clone(), w.1.shape().elem_count());
+    let (xv, wv, bv) = (view::<T>(x)?, view::<T>(w)?, view::<T>(b)?);
+    let el = shape.elem_count();
+    // SAFETY: uninitialised until the kernel below writes it; it writes every element (block r
+    // writes all d elements of row r, and all el / d rows are launched).
+    let y = unsafe { dev.alloc::<T>(el)? };
+    poison(dev, &y)?;
+    if el > 0 {
+        let func = dev.get_or_load_custom_func(&kernel::<T>("layer_norm_fwd"), MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&xv);
+        args.arg(&wv);
+        args.arg(&bv);
+        args.arg(&y);
+        builder_arg!(args, d as i32, eps);
+        // SAFETY: the arguments match `layer_norm_fwd_<dtype>(const T*, const T*, const T*, T*,
+        // int, double)` in kernels.cu; x and y hold el elements, w and b d.
+        unsafe { args.launch(rows_config(el / d, d)?) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+}
+
+pub(crate) fn layer_norm_bwd_x(x: In, w: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.0.dtype(), ln_bwd_x(x, w, g, eps))
+}
+
+fn ln_bwd_x<T: Kern>(x: In, w: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let (shape, d) = (x.1.shape().clone(), w.1.shape().elem_count());
+    let (xv, wv, gv) = (view::<T>(x)?, view::<T>(w)?, view::<T>(g)?);
+    let el = shape.elem_count();
+    // SAFETY: written in full by the kernel below, as in `ln_fwd`.
+    let dx = unsafe { dev.alloc::<T>(el)? };
+    poison(dev, &dx)?;
+    if el > 0 {
+        let func = dev.get_or_load_custom_func(&kernel::<T>("layer_norm_bwd_x"), MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&xv);
+        args.arg(&wv);
+        args.arg(&gv);
+        args.arg(&dx);
+        builder_arg!(args, d as i32, eps);
+        // SAFETY: the arguments match `layer_norm_bwd_x_<dtype>(const T*, const T*, const T*, T*,
+        // int, double)`; x, g and dx hold el elements, w d.
+        unsafe { args.launch(rows_config(el / d, d)?) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))
+}
+
+pub(crate) fn layer_norm_bwd_params(x: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.0.dtype(), ln_bwd_params(x, g, eps))
+}
+
+fn ln_bwd_params<T: Kern>(x: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let d = *x.1.dims().last().unwrap_or(&0);
+    let el = x.1.shape().elem_count();
+    if d == 0 || el == 0 {
+        bail!("layer_norm backward: empty input");
+    }
+    let rows = el / d;
+    let per = rows.div_ceil(rows.min(PARAM_CHUNKS));
+    let chunks = rows.div_ceil(per);
+    let shared = 2 * d * std::mem::size_of::<T::A>();
+    if shared > 48 * 1024 {
+        bail!("layer_norm backward: width {d} needs more than 48 KiB of shared memory");
+    }
+    let (xv, gv) = (view::<T>(x)?, view::<T>(g)?);
+    // SAFETY: block k writes all 2·d elements of partial k, and all `chunks` blocks are launched.
+    let partial = unsafe { dev.alloc::<T::A>(chunks * 2 * d)? };
+    poison(dev, &partial)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("layer_norm_bwd_params"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&xv);
+    args.arg(&gv);
+    args.arg(&partial);
+    builder_arg!(args, rows as i32, per as i32, d as i32, eps);
+    let config = LaunchConfig {
+        grid_dim: (chunks as u32, 1, 1),
+        block_dim: (BLOCK as u32, 1, 1),
+        shared_mem_bytes: shared as u32,
+    };
+    // SAFETY: the arguments match `layer_norm_bwd_params_<dtype>(const T*, const T*, A*, int, int,
+    // int, double)`; x and g hold rows·d elements, partial chunks·2·d, and the dynamic shared
+    // memory holds the 2·d accumulators.
+    unsafe { args.launch(config) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(partial, dev.clone()), Shape::from((chunks, 2, d))))
+}
+
+pub(crate) fn bias_gelu_fwd(x: In, b: In, channels: usize, inner: usize) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.0.dtype(), bg_fwd(x, b, channels, inner))
+}
+
+fn bg_fwd<T: Kern>(x: In, b: In, channels: usize, inner: usize) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let shape = x.1.shape().clone();
+    let n = shape.elem_count();
+    let (xv, bv) = (view::<T>(x)?, view::<T>(b)?);
+    // SAFETY: the grid-stride loop below writes every one of the n elements.
+    let y = unsafe { dev.alloc::<T>(n)? };
+    poison(dev, &y)?;
+    if n > 0 {
+        let func = dev.get_or_load_custom_func(&kernel::<T>("bias_gelu_fwd"), MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&xv);
+        args.arg(&bv);
+        args.arg(&y);
+        builder_arg!(args, n as u64, channels as i32, inner as i32);
+        // SAFETY: the arguments match `bias_gelu_fwd_<dtype>(const T*, const T*, T*, uint64_t,
+        // int, int)`; x and y hold n elements, bias `channels`.
+        unsafe { args.launch(flat_config(n)) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+}
+
+pub(crate) fn bias_gelu_bwd(
+    x: In,
+    b: In,
+    g: In,
+    channels: usize,
+    inner: usize,
+) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.0.dtype(), bg_bwd(x, b, g, channels, inner))
+}
+
+fn bg_bwd<T: Kern>(x: In, b: In, g: In, channels: usize, inner: usize) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let shape = x.1.shape().clone();
+    let n = shape.elem_count();
+    let (xv, bv, gv) = (view::<T>(x)?, view::<T>(b)?, view::<T>(g)?);
+    // SAFETY: the grid-stride loop below writes every one of the n elements.
+    let dx = unsafe { dev.alloc::<T>(n)? };
+    poison(dev, &dx)?;
+    if n > 0 {
+        let func = dev.get_or_load_custom_func(&kernel::<T>("bias_gelu_bwd"), MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&xv);
+        args.arg(&bv);
+        args.arg(&gv);
+        args.arg(&dx);
+        builder_arg!(args, n as u64, channels as i32, inner as i32);
+        // SAFETY: the arguments match `bias_gelu_bwd_<dtype>(const T*, const T*, const T*, T*,
+        // uint64_t, int, int)`; x, g and dx hold n elements, bias `channels`.
+        unsafe { args.launch(flat_config(n)) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))
+}

@@ -1,0 +1,189 @@
+// CUDA kernels of losa's fused ops (framework/src/ops). Compiled to PTX by framework/build.rs
+// (feature `cuda`) and launched from ops/cuda.rs. Every kernel computes in float (double for
+// double) and rounds once when it stores; every kernel writes every element of its output.
+// Kernel names end in the dtype as candle spells it: _f32, _f64, _f16, _bf16.
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+template <typename T> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ double ld(double v) { return v; }
+__device__ __forceinline__ float ld(__half v) { return __half2float(v); }
+__device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+__device__ __forceinline__ void st(float *d, float v) { *d = v; }
+__device__ __forceinline__ void st(double *d, double v) { *d = v; }
+__device__ __forceinline__ void st(__half *d, float v) { *d = __float2half(v); }
+__device__ __forceinline__ void st(__nv_bfloat16 *d, float v) { *d = __float2bfloat16(v); }
+
+__device__ __forceinline__ float erf_(float v) { return erff(v); }
+__device__ __forceinline__ double erf_(double v) { return erf(v); }
+__device__ __forceinline__ float exp_(float v) { return expf(v); }
+__device__ __forceinline__ double exp_(double v) { return exp(v); }
+__device__ __forceinline__ float sqrt_(float v) { return sqrtf(v); }
+__device__ __forceinline__ double sqrt_(double v) { return sqrt(v); }
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `buf` holds 32 values in shared memory; the leading barrier lets callers reuse it.
+template <typename A> __device__ A block_sum(A v, A *buf) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) buf[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < warps ? buf[lane] : A(0);
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) buf[0] = v;
+  }
+  __syncthreads();
+  return buf[0];
+}
+
+// Mean and 1/std of one row of length d (two passes: the centred variance, as the composition).
+template <typename T, typename A>
+__device__ void row_stats(const T *x, int d, double eps, A *buf, A *mean, A *rstd) {
+  A s = 0;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) s += ld(x[j]);
+  const A m = block_sum(s, buf) / A(d);
+  A s2 = 0;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    const A c = ld(x[j]) - m;
+    s2 += c * c;
+  }
+  const A var = block_sum(s2, buf) / A(d);
+  *mean = m;
+  *rstd = A(1) / sqrt_(var + A(eps));
+}
+
+// One block per row: y = (x - mean) / std * w + b.
+template <typename T>
+__device__ void layer_norm_fwd(const T *x, const T *w, const T *b, T *y, int d, double eps) {
+  typedef typename Acc<T>::type A;
+  __shared__ A buf[32];
+  const size_t row = blockIdx.x;
+  x += row * d;
+  y += row * d;
+  A mean, rstd;
+  row_stats(x, d, eps, buf, &mean, &rstd);
+  for (int j = threadIdx.x; j < d; j += blockDim.x)
+    st(&y[j], (ld(x[j]) - mean) * rstd * ld(w[j]) + ld(b[j]));
+}
+
+// One block per row: dx = rstd * (g w - mean(g w) - xhat * mean(g w xhat)).
+template <typename T>
+__device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, T *dx, int d, double eps) {
+  typedef typename Acc<T>::type A;
+  __shared__ A buf[32];
+  const size_t row = blockIdx.x;
+  x += row * d;
+  g += row * d;
+  dx += row * d;
+  A mean, rstd;
+  row_stats(x, d, eps, buf, &mean, &rstd);
+  A s1 = 0, s2 = 0;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    const A gw = ld(g[j]) * ld(w[j]);
+    s1 += gw;
+    s2 += gw * (ld(x[j]) - mean) * rstd;
+  }
+  const A m1 = block_sum(s1, buf) / A(d);
+  const A m2 = block_sum(s2, buf) / A(d);
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    const A xhat = (ld(x[j]) - mean) * rstd;
+    st(&dx[j], rstd * (ld(g[j]) * ld(w[j]) - m1 - xhat * m2));
+  }
+}
+
+// Block k sums rows [k*per, min((k+1)*per, rows)) into partial[k] = [sum g xhat ; sum g] ([2, d]),
+// each thread accumulating the columns j = threadIdx.x + i*blockDim.x (in shared memory, so no
+// atomics and a fixed summation order). The caller sums the partials over k.
+template <typename T>
+__device__ void layer_norm_bwd_params(const T *x, const T *g, typename Acc<T>::type *partial, int rows,
+                                      int per, int d, double eps) {
+  typedef typename Acc<T>::type A;
+  __shared__ A buf[32];
+  extern __shared__ __align__(16) unsigned char raw[];
+  A *acc = reinterpret_cast<A *>(raw);
+  for (int j = threadIdx.x; j < 2 * d; j += blockDim.x) acc[j] = A(0);
+  __syncthreads();
+  const int start = blockIdx.x * per;
+  const int end = min(start + per, rows);
+  for (int r = start; r < end; ++r) {
+    const T *xr = x + (size_t)r * d;
+    const T *gr = g + (size_t)r * d;
+    A mean, rstd;
+    row_stats(xr, d, eps, buf, &mean, &rstd);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+      const A gj = ld(gr[j]);
+      acc[j] += gj * (ld(xr[j]) - mean) * rstd;
+      acc[d + j] += gj;
+    }
+  }
+  // acc[d + j] is updated by the owner of column j but written out by the owner of index d + j.
+  __syncthreads();
+  A *out = partial + (size_t)blockIdx.x * 2 * d;
+  for (int j = threadIdx.x; j < 2 * d; j += blockDim.x) out[j] = acc[j];
+}
+
+// x viewed as [outer, channels, inner]; bias [channels]. y = gelu_erf(x + bias).
+template <typename T>
+__device__ void bias_gelu_fwd(const T *x, const T *bias, T *y, uint64_t n, int channels, int inner) {
+  typedef typename Acc<T>::type A;
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+       i += (uint64_t)gridDim.x * blockDim.x) {
+    const A v = ld(x[i]) + ld(bias[(i / inner) % channels]);
+    st(&y[i], A(0.5) * v * (A(1) + erf_(v * A(0.70710678118654752440))));
+  }
+}
+
+// dx = g * gelu_erf'(x + bias), gelu_erf'(v) = (1 + erf(v/√2))/2 + v e^(-v²/2)/√(2π).
+template <typename T>
+__device__ void bias_gelu_bwd(const T *x, const T *bias, const T *g, T *dx, uint64_t n, int channels,
+                              int inner) {
+  typedef typename Acc<T>::type A;
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+       i += (uint64_t)gridDim.x * blockDim.x) {
+    const A v = ld(x[i]) + ld(bias[(i / inner) % channels]);
+    const A dg = A(0.5) * (A(1) + erf_(v * A(0.70710678118654752440))) +
+                 v * exp_(A(-0.5) * v * v) * A(0.39894228040143267794);
+    st(&dx[i], ld(g[i]) * dg);
+  }
+}
+
+#define LOSA_OPS(T, S)                                                                              \
+  extern "C" __global__ void layer_norm_fwd_##S(const T *x, const T *w, const T *b, T *y, int d,     \
+                                                double eps) {                                      \
+    layer_norm_fwd<T>(x, w, b, y, d, eps);                                                         \
+  }                                                                                                \
+  extern "C" __global__ void layer_norm_bwd_x_##S(const T *x, const T *w, const T *g, T *dx, int d,  \
+                                                  double eps) {                                    \
+    layer_norm_bwd_x<T>(x, w, g, dx, d, eps);                                                      \
+  }                                                                                                \
+  extern "C" __global__ void layer_norm_bwd_params_##S(const T *x, const T *g,                      \
+                                                       Acc<T>::type *partial, int rows, int per,   \
+                                                       int d, double eps) {                        \
+    layer_norm_bwd_params<T>(x, g, partial, rows, per, d, eps);                                    \
+  }                                                                                                \
+  extern "C" __global__ void bias_gelu_fwd_##S(const T *x, const T *bias, T *y, uint64_t n,         \
+                                               int channels, int inner) {                          \
+    bias_gelu_fwd<T>(x, bias, y, n, channels, inner);                                              \
+  }                                                                                                \
+  extern "C" __global__ void bias_gelu_bwd_##S(const T *x, const T *bias, const T *g, T *dx,        \
+                                               uint64_t n, int channels, int inner) {              \
+    bias_gelu_bwd<T>(x, bias, g, dx, n, channels, inner);                                          \
+  }
+
+LOSA_OPS(float, f32)
+LOSA_OPS(double, f64)
+LOSA_OPS(__half, f16)
+LOSA_OPS(__nv_bfloat16, bf16)
+
+// Fills n bytes with 0xFF: NaN in every float type (ops::poison_outputs, a checking aid).
+extern "C" __global__ void poison_bytes(unsigned char *p, uint64_t n) {
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+    p[i] = 0xFF;
+}

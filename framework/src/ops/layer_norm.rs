@@ -1,0 +1,249 @@
+//! LayerNorm over the last dimension, with a backward for the input, the scale and the shift.
+//!
+//! Forward: one pass per row (mean and centred variance, then the affine), as the composition
+//! `(x − mean) / sqrt(var + eps) · w + b` that `Grad::Through` used to build from 8 primitives.
+//! Backward: `dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂))` in one pass per row
+//! (recomputing the row's statistics instead of keeping them: they cost one read of the row,
+//! and keeping them would need a second output, which custom ops do not have), and, only when the
+//! scale or shift needs a gradient, `dw = Σ g·x̂`, `db = Σ g` over the rows, summed per fixed chunk
+//! of rows and then over chunks, so the result does not depend on the number of threads.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+use super::cpu::{Acc, Elem, cpu_dispatch, slice};
+
+/// Rows per partial sum of the scale and shift gradients on the CPU.
+const CPU_PARAM_ROWS: usize = 64;
+
+/// `(x − mean) / sqrt(var + eps) · weight + bias` over the last dimension of `x`, differentiable
+/// in all three. `weight` and `bias` are [d] with d the last dimension of `x`, all of one dtype.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    if weight.dims() != [d] || bias.dims() != [d] {
+        bail!("layer_norm: weight {:?} and bias {:?} must be [{d}]", weight.dims(), bias.dims());
+    }
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Fwd { eps })
+}
+
+/// The statistics of one row: mean and 1 / std.
+fn stats<T: Elem>(x: &[T], eps: f64) -> (T::A, T::A) {
+    let n = T::A::of(x.len() as f64);
+    let mut s = T::A::ZERO;
+    for v in x {
+        s += v.load();
+    }
+    let mean = s / n;
+    let mut s2 = T::A::ZERO;
+    for v in x {
+        let c = v.load() - mean;
+        s2 += c * c;
+    }
+    (mean, T::A::of(1.0) / (s2 / n + T::A::of(eps)).sqrt())
+}
+
+/// The forward op.
+struct Fwd {
+    eps: f64,
+}
+
+fn fwd_cpu<T: Elem>(
+    eps: f64,
+    (x, lx): (&[T], &Layout),
+    (w, lw): (&[T], &Layout),
+    (b, lb): (&[T], &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let (x, w, b) = (slice(x, lx, "layer_norm")?, slice(w, lw, "layer_norm")?, slice(b, lb, "layer_norm")?);
+    let d = w.len();
+    let mut y = vec![T::store(T::A::ZERO); x.len()];
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).with_min_len(8).for_each(|(y, x)| {
+        let (mean, rstd) = stats(x, eps);
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = T::store((x.load() - mean) * rstd * w.load() + b.load());
+        }
+    });
+    Ok((T::to_cpu_storage_owned(y), lx.shape().clone()))
+}
+
+impl CustomOp3 for Fwd {
+    fn name(&self) -> &'static str {
+        "losa-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_dispatch!(self.name(), fwd_cpu(self.eps; s1: l1, s2: l2, s3: l3))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::layer_norm_fwd((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = x.apply_op3_no_bwd(weight, &grad, &BwdX { eps: self.eps })?;
+        if !weight.track_op() && !bias.track_op() {
+            // A frozen norm (LoSA's head reads the backbone's final norm): skip the reduction.
+            return Ok((Some(dx), None, None));
+        }
+        let sums =
+            x.apply_op2_no_bwd(&grad, &BwdParams { eps: self.eps })?.sum(0)?.to_dtype(weight.dtype())?;
+        Ok((Some(dx), Some(sums.get(0)?), Some(sums.get(1)?)))
+    }
+}
+
+/// `dx` from `(x, weight, grad)`.
+struct BwdX {
+    eps: f64,
+}
+
+fn bwd_x_cpu<T: Elem>(
+    eps: f64,
+    (x, lx): (&[T], &Layout),
+    (w, lw): (&[T], &Layout),
+    (g, lg): (&[T], &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let name = "layer_norm backward";
+    let (x, w, g) = (slice(x, lx, name)?, slice(w, lw, name)?, slice(g, lg, name)?);
+    let d = w.len();
+    let n = T::A::of(d as f64);
+    let mut dx = vec![T::store(T::A::ZERO); x.len()];
+    dx.par_chunks_mut(d).zip(x.par_chunks(d).zip(g.par_chunks(d))).with_min_len(8).for_each(
+        |(dx, (x, g))| {
+            let (mean, rstd) = stats(x, eps);
+            let (mut s1, mut s2) = (T::A::ZERO, T::A::ZERO);
+            for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
+                let gw = g.load() * w.load();
+                s1 += gw;
+                s2 += gw * (x.load() - mean) * rstd;
+            }
+            let (m1, m2) = (s1 / n, s2 / n);
+            for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                let xhat = (x.load() - mean) * rstd;
+                *dx = T::store(rstd * (g.load() * w.load() - m1 - xhat * m2));
+            }
+        },
+    );
+    Ok((T::to_cpu_storage_owned(dx), lx.shape().clone()))
+}
+
+impl CustomOp3 for BwdX {
+    fn name(&self) -> &'static str {
+        "losa-layer-norm-bwd-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_dispatch!(self.name(), bwd_x_cpu(self.eps; s1: l1, s2: l2, s3: l3))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::layer_norm_bwd_x((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
+}
+
+/// Partial sums `[chunks, 2, d]` of `(g·x̂, g)` over chunks of rows, from `(x, grad)`, in the
+/// accumulation dtype (f32, or f64 for f64).
+pub(crate) struct BwdParams {
+    pub(crate) eps: f64,
+}
+
+fn bwd_params_cpu<T: Elem>(
+    eps: f64,
+    d: usize,
+    (x, lx): (&[T], &Layout),
+    (g, lg): (&[T], &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let name = "layer_norm backward";
+    let (x, g) = (slice(x, lx, name)?, slice(g, lg, name)?);
+    let chunk = CPU_PARAM_ROWS * d;
+    let partials: Vec<Vec<T::A>> = x
+        .par_chunks(chunk)
+        .zip(g.par_chunks(chunk))
+        .map(|(x, g)| {
+            let mut acc = vec![T::A::ZERO; 2 * d];
+            for (x, g) in x.chunks(d).zip(g.chunks(d)) {
+                let (mean, rstd) = stats(x, eps);
+                let (dw, db) = acc.split_at_mut(d);
+                for (((dw, db), &x), &g) in dw.iter_mut().zip(db.iter_mut()).zip(x).zip(g) {
+                    *dw += g.load() * (x.load() - mean) * rstd;
+                    *db += g.load();
+                }
+            }
+            acc
+        })
+        .collect();
+    let chunks = partials.len();
+    let flat: Vec<T::A> = partials.into_iter().flatten().collect();
+    Ok((<T::A as candle_core::WithDType>::to_cpu_storage_owned(flat), Shape::from((chunks, 2, d))))
+}
+
+impl CustomOp2 for BwdParams {
+    fn name(&self) -> &'static str {
+        "losa-layer-norm-bwd-params"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = *l1.dims().last().unwrap_or(&0);
+        if d == 0 || l1.shape().elem_count() == 0 {
+            bail!("{}: empty input", self.name());
+        }
+        cpu_dispatch!(self.name(), bwd_params_cpu(self.eps, d; s1: l1, s2: l2))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::layer_norm_bwd_params((s1, l1), (s2, l2), self.eps)
+    }
+}

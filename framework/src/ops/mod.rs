@@ -1,0 +1,39 @@
+//! Fused, differentiable ops as candle custom ops (issue 10).
+//!
+//! candle's fused `layer_norm` has no backward, and its element-wise ops each make one pass over
+//! memory (and keep one tensor for backward), so a differentiable LayerNorm or a bias + GELU built
+//! from primitives is 5–10 passes forward and as many backward. These ops do each in one pass
+//! forward and one or two backward, on the CPU (`cpu_fwd`, rayon over rows) and on CUDA
+//! (`cuda_fwd`, kernels in `kernels.cu`, compiled to PTX by `build.rs` with nvcc as candle-kernels
+//! does, and loaded once per device). Matmuls stay on candle's matmul (gemm / cuBLAS).
+//!
+//! Every op takes f32, f64, f16 and bf16 and computes in f32 (f64 for f64), rounding once at the
+//! end; its backward is built from these ops and cheap primitives (sums), so gradients of
+//! gradients are not supported.
+
+mod bias_gelu;
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod layer_norm;
+#[cfg(test)]
+mod tests;
+
+pub use bias_gelu::bias_gelu;
+pub use layer_norm::layer_norm;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static POISON: AtomicBool = AtomicBool::new(false);
+
+/// A checking aid: while on, the CUDA ops fill each output with NaN before their kernel runs, so
+/// that an element a kernel fails to write shows up as NaN (`bench/src/kernels.rs`). Off by
+/// default; CPU ops build their outputs element by element and ignore it.
+pub fn poison_outputs(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
+
+#[cfg(feature = "cuda")]
+fn poisoning() -> bool {
+    POISON.load(Ordering::Relaxed)
+}

@@ -1,0 +1,215 @@
+//! Each fused op against its unfused composition on random inputs (values and gradients, every
+//! dtype), and its gradients against finite differences in f64.
+
+use candle_core::{D, DType, Device, Result, Tensor, Var};
+
+use super::{bias_gelu, layer_norm};
+use crate::vit::seeded_normal;
+
+/// The composition `Grad::Through` used before the fused op.
+fn layer_norm_unfused(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(w)?.broadcast_add(b)
+}
+
+/// `gelu_erf(x + bias)`, the bias along `dim`.
+fn bias_gelu_unfused(x: &Tensor, bias: &Tensor, dim: usize) -> Result<Tensor> {
+    let mut shape = vec![1; x.rank()];
+    shape[dim] = bias.dim(0)?;
+    x.broadcast_add(&bias.reshape(shape)?)?.gelu_erf()
+}
+
+fn normal(shape: &[usize], std: f64, seed: u64) -> Tensor {
+    seeded_normal(shape, std, seed, &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+}
+
+/// Largest |a − b| / (|b| + floor · max |b|) over the elements, which all must be finite: the
+/// relative error, with a floor relative to the tensor's scale for elements near zero.
+fn max_rel_err(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (values(a), values(b));
+    let scale = b.iter().fold(0.0f64, |m, y| m.max(y.abs())) * floor + 1e-300;
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            assert!(x.is_finite(), "non-finite output {x}");
+            (x - y).abs() / (scale + y.abs())
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The inputs of the LayerNorm tests: x [3, 5, 48] with an offset (so the mean matters), weight
+/// around 1, bias around 0, all f64.
+fn ln_inputs() -> (Tensor, Tensor, Tensor) {
+    let x = (normal(&[3, 5, 48], 2.0, 1) + 0.7).unwrap();
+    let w = (normal(&[48], 0.3, 2) + 1.0).unwrap();
+    (x, w, normal(&[48], 0.3, 3))
+}
+
+/// Gradients of `sum(f(inputs) · probe)` for each input, as f64.
+fn grads_of(inputs: &[Tensor], probe: &Tensor, f: impl Fn(&[Tensor]) -> Result<Tensor>) -> Vec<Tensor> {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let probe = probe.to_dtype(ts[0].dtype()).unwrap();
+    let grads = (f(&ts).unwrap() * probe).unwrap().sum_all().unwrap().backward().unwrap();
+    vars.iter().map(|v| grads.get(v.as_tensor()).expect("a gradient").to_dtype(DType::F64).unwrap()).collect()
+}
+
+/// Tolerance of each dtype against the f64 result: relative error, and the floor (a fraction of
+/// the largest reference value) for elements near zero.
+fn tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F64 => (1e-10, 1e-6),
+        DType::F32 => (1e-4, 1e-3),
+        DType::F16 => (1e-2, 5e-2),
+        _ => (5e-2, 5e-2),
+    }
+}
+
+#[test]
+fn layer_norm_matches_the_composition_in_every_dtype() {
+    let (x, w, b) = ln_inputs();
+    let reference = layer_norm_unfused(&x, &w, &b, 1e-6).unwrap();
+    for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
+        let fused = layer_norm(&cast(&x), &cast(&w), &cast(&b), 1e-6).unwrap();
+        assert_eq!(fused.dtype(), dtype);
+        let (tol, floor) = tolerance(dtype);
+        let err = max_rel_err(&fused, &reference, floor);
+        assert!(err <= tol, "{dtype:?}: relative error {err} > {tol}");
+    }
+    // In f32, the fused op (f32 throughout, like the composition) is no less accurate than the
+    // composition, and the two agree to f32 rounding of the normalised values.
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let fused = layer_norm(&f(&x), &f(&w), &f(&b), 1e-6).unwrap();
+    let unfused = layer_norm_unfused(&f(&x), &f(&w), &f(&b), 1e-6).unwrap();
+    let (fused_err, unfused_err) =
+        (max_rel_err(&fused, &reference, 1e-3), max_rel_err(&unfused, &reference, 1e-3));
+    assert!(fused_err <= unfused_err * 1.5, "fused {fused_err} against unfused {unfused_err}");
+    let err = max_rel_err(&fused, &unfused, 1e-3);
+    assert!(err <= 5e-5, "f32 against the f32 composition: {err}");
+}
+
+#[test]
+fn layer_norm_takes_strided_inputs() {
+    let (x, w, b) = ln_inputs();
+    let xt = x.transpose(0, 1).unwrap();
+    let err = max_rel_err(
+        &layer_norm(&xt, &w, &b, 1e-5).unwrap(),
+        &layer_norm_unfused(&xt, &w, &b, 1e-5).unwrap(),
+        1e-6,
+    );
+    assert!(err <= 1e-10, "{err}");
+}
+
+#[test]
+fn layer_norm_gradients_match_the_composition_in_every_dtype() {
+    let (x, w, b) = ln_inputs();
+    let probe = normal(&[3, 5, 48], 1.0, 4);
+    let inputs = [x, w, b];
+    let reference = grads_of(&inputs, &probe, |t| layer_norm_unfused(&t[0], &t[1], &t[2], 1e-6));
+    for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        let cast: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(dtype).unwrap()).collect();
+        let fused = grads_of(&cast, &probe, |t| layer_norm(&t[0], &t[1], &t[2], 1e-6));
+        let (tol, floor) = tolerance(dtype);
+        for (name, (f, r)) in ["x", "weight", "bias"].iter().zip(fused.iter().zip(&reference)) {
+            let err = max_rel_err(f, r, floor);
+            assert!(err <= tol, "{dtype:?} d{name}: relative error {err} > {tol}");
+        }
+    }
+}
+
+#[test]
+fn a_frozen_layer_norm_passes_gradients_to_its_input_only() {
+    let (x, w, b) = ln_inputs();
+    let xv = Var::from_tensor(&x).unwrap();
+    let grads = layer_norm(xv.as_tensor(), &w, &b, 1e-6).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(xv.as_tensor()).is_some());
+    assert!(grads.get(&w).is_none() && grads.get(&b).is_none());
+}
+
+/// Central differences of `sum(f(inputs) · probe)` at a few elements of every input.
+fn check_finite_differences(inputs: &[Tensor], probe: &Tensor, f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+    let analytic = grads_of(inputs, probe, &f);
+    let loss =
+        |ts: &[Tensor]| (f(ts).unwrap() * probe).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    for (k, input) in inputs.iter().enumerate() {
+        let base = values(input);
+        let grad = values(&analytic[k]);
+        assert!(grad.iter().any(|g| g.abs() > 1e-8), "input {k}: zero gradient");
+        for idx in [0, base.len() / 3, base.len() / 2, base.len() - 1] {
+            let eval = |delta: f64| {
+                let mut v = base.clone();
+                v[idx] += delta;
+                let mut ts = inputs.to_vec();
+                ts[k] = Tensor::from_vec(v, input.shape(), &Device::Cpu).unwrap();
+                loss(&ts)
+            };
+            let eps = 1e-6;
+            let numeric = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            let tol = 1e-6 + 1e-5 * numeric.abs().max(grad[idx].abs());
+            assert!(
+                (numeric - grad[idx]).abs() <= tol,
+                "input {k}[{idx}]: analytic {} vs numeric {numeric}",
+                grad[idx]
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_norm_gradients_match_finite_differences() {
+    let (x, w, b) = ln_inputs();
+    let probe = normal(&[3, 5, 48], 1.0, 5);
+    check_finite_differences(&[x, w, b], &probe, |t| layer_norm(&t[0], &t[1], &t[2], 1e-6));
+}
+
+#[test]
+fn bias_gelu_matches_the_composition_in_every_dtype_along_any_dimension() {
+    for (dim, bias_len) in [(2, 24), (1, 5)] {
+        let x = normal(&[3, 5, 24], 1.5, 6);
+        let bias = normal(&[bias_len], 0.5, 7);
+        let reference = bias_gelu_unfused(&x, &bias, dim).unwrap();
+        for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+            let fused = bias_gelu(&x.to_dtype(dtype).unwrap(), &bias.to_dtype(dtype).unwrap(), dim).unwrap();
+            let (tol, floor) = tolerance(dtype);
+            let err = max_rel_err(&fused, &reference, floor);
+            assert!(err <= tol, "dim {dim} {dtype:?}: relative error {err} > {tol}");
+        }
+        // In f32 the same formula on the same f32 sum: identical.
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let (a, b) =
+            (bias_gelu(&f(&x), &f(&bias), dim).unwrap(), bias_gelu_unfused(&f(&x), &f(&bias), dim).unwrap());
+        assert_eq!(values(&a), values(&b), "dim {dim}: f32 differs from candle's gelu_erf");
+    }
+}
+
+#[test]
+fn bias_gelu_gradients_match_the_composition_and_finite_differences() {
+    for (dim, bias_len) in [(2, 24), (1, 5)] {
+        let inputs = [normal(&[3, 5, 24], 1.5, 8), normal(&[bias_len], 0.5, 9)];
+        let probe = normal(&[3, 5, 24], 1.0, 10);
+        let reference = grads_of(&inputs, &probe, |t| bias_gelu_unfused(&t[0], &t[1], dim));
+        for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+            let cast: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(dtype).unwrap()).collect();
+            let fused = grads_of(&cast, &probe, |t| bias_gelu(&t[0], &t[1], dim));
+            let (tol, floor) = tolerance(dtype);
+            for (name, (f, r)) in ["x", "bias"].iter().zip(fused.iter().zip(&reference)) {
+                // candle's own gelu_erf gradient uses 1/√(2π) ≈ 0.398942 (6 digits): about 1e-6
+                // relative, and more where the derivative crosses zero (v ≈ −0.75). The finite
+                // differences below check this op's gradient to 1e-5 on their own.
+                let (tol, floor) = (tol.max(2e-6), floor.max(0.1));
+                let err = max_rel_err(f, r, floor);
+                assert!(err <= tol, "dim {dim} {dtype:?} d{name}: relative error {err} > {tol}");
+            }
+        }
+        check_finite_differences(&inputs, &probe, |t| bias_gelu(&t[0], &t[1], dim));
+    }
+}
