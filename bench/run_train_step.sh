@@ -4,8 +4,10 @@
 #   bench/run_train_step.sh [--cpu-small | --gpu] [extra flags for both]
 # --cpu-small (default): ViT-Ti (width 192, depth 12) at 32 px with 4 px patches, batch 64, f32.
 # --gpu: ViT-B/16 at 224 px, batch 64 (losa needs a `--features cuda` build, see ../shared/GPU.md).
-# Environment: RUNNER_BENCH (the train_step binary, default target/release/train_step), PYTHON.
-set -euo pipefail
+# Environment: RUNNER_BENCH (the train_step binary, default target/release/train_step), PYTHON,
+# METHODS (space-separated, default all), OUT (the folder of the JSON files, default bench/out).
+# A method that runs out of memory (or fails) in one tool is shown as such; the others go on.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:---cpu-small}; [ $# -gt 0 ] && shift
 case "$mode" in
@@ -16,24 +18,36 @@ esac
 bin=${RUNNER_BENCH:-target/release/train_step}
 py=${PYTHON:-python3}
 out=${OUT:-bench/out}; mkdir -p "$out"
-methods=(forward linear_probe full lora vpt losa losa_cached)
+read -r -a methods <<< "${METHODS:-forward linear_probe full lora vpt losa losa_cached}"
 for m in "${methods[@]}"; do
-  "$bin" "${common[@]}" "$@" --methods "$m" --json "$out/losa_$m.json" >/dev/null
-  "$py" bench/torch_reference.py "${common[@]}" "$@" --methods "$m" --json "$out/torch_$m.json" >/dev/null 2>&1
+  rm -f "$out/losa_$m.json" "$out/torch_$m.json"
+  "$bin" "${common[@]}" "$@" --methods "$m" --json "$out/losa_$m.json" >/dev/null 2>>"$out/losa.log"
+  "$py" bench/torch_reference.py "${common[@]}" "$@" --methods "$m" --json "$out/torch_$m.json" >/dev/null 2>>"$out/torch.log"
 done
 "$py" - "$out" "${methods[@]}" <<'PY'
 import json, sys, platform, subprocess
 out, methods = sys.argv[1], sys.argv[2:]
-load = lambda tool, m: json.load(open(f"{out}/{tool}_{m}.json"))
-first = load("losa", methods[0])
+def load(tool, m):
+    try:
+        return json.load(open(f"{out}/{tool}_{m}.json"))
+    except (OSError, ValueError):  # the process died (e.g. killed for host memory)
+        return {"rows": [{"method": m, "error": "no result"}]}
+docs = [d for m in methods for d in (load("losa", m), load("torch", m)) if "width" in d]
+first = next((d for d in docs if d.get("tool") == "losa"), docs[0] if docs else {})
+tool = next((d["tool"] for d in docs if d.get("tool", "").startswith("torch")), "torch: no result")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-print(f"ViT width {first['width']} depth {first['depth']} patch {first['patch']} at {first['image_size']} px, batch {first['batch']}; "
-      f"{first['device']} ({cpu}); commit {commit}; {load('torch', methods[0])['tool']}")
-print(f"| method | losa step ms | torch step ms | ratio | losa images/s | torch images/s | losa peak MiB | torch peak MiB |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print(f"ViT width {first.get('width')} depth {first.get('depth')} patch {first.get('patch')} at {first.get('image_size')} px, "
+      f"batch {first.get('batch')}; {first.get('device')} ({cpu}); commit {commit}; {tool}")
+print("| method | losa step ms | torch step ms | ratio | losa images/s | torch images/s | losa peak MiB | torch peak MiB "
+      "| torch allocated MiB | losa infer ms | torch infer ms |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+cell = lambda row, key, f: row.get("error", "–") if key not in row or row[key] is None else f(row[key])
+ms, n, mib = (lambda v: f"{v:.1f}"), (lambda v: f"{v:.0f}"), (lambda v: f"{v / 2**20:.0f}")
 for m in methods:
     a, b = load("losa", m)["rows"][0], load("torch", m)["rows"][0]
-    print(f"| {m} | {a['step_ms']:.1f} | {b['step_ms']:.1f} | {a['step_ms'] / b['step_ms']:.2f} | {a['images_per_s']:.0f} | "
-          f"{b['images_per_s']:.0f} | {a['peak_bytes'] / 2**20:.0f} | {b['peak_bytes'] / 2**20:.0f} |")
+    ratio = f"{a['step_ms'] / b['step_ms']:.2f}" if "step_ms" in a and "step_ms" in b else "–"
+    print(f"| {m} | {cell(a, 'step_ms', ms)} | {cell(b, 'step_ms', ms)} | {ratio} | {cell(a, 'images_per_s', n)} | "
+          f"{cell(b, 'images_per_s', n)} | {cell(a, 'peak_bytes', mib)} | {cell(b, 'peak_bytes', mib)} | "
+          f"{cell(b, 'peak_allocated_bytes', mib)} | {cell(a, 'infer_ms', ms)} | {cell(b, 'infer_ms', ms)} |")
 PY

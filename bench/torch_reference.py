@@ -133,6 +133,56 @@ def build(name, vit):
     raise SystemExit(f"unknown method {name}")
 
 
+def measure(name, a, d, depth, heads, patch, dev, cuda, images, labels, timed):
+    """One method: median train step, inference forward of the adapted model, peak memory."""
+    vit = VisionTransformer(img_size=a.image_size, patch_size=patch, embed_dim=d, depth=depth, num_heads=heads,
+                            num_classes=100).to(dev)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    reset_peak()
+    base = rss("VmRSS:")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    if name == "forward":
+        vit.eval()
+
+        def step():
+            with torch.no_grad(), autocast:
+                vit.forward_features(images)
+        trainable = 0
+        infer = step
+    else:
+        model, params = build(name, vit)
+        trainable = sum(p.numel() for p in params)
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        cached = None
+        if name == "losa_cached":
+            with autocast:
+                cached = model.taps(images)
+
+        def step():
+            with autocast:
+                logits = model.side(cached) if cached is not None else model(images)
+                loss = F.cross_entropy(logits.float(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def infer():  # as deployed: from images, also for a method trained from cache
+            with torch.no_grad(), autocast:
+                model(images)
+    seconds = timed(step)
+    infer_seconds = timed(infer)
+    if cuda:
+        peak, allocated = torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated()
+    else:
+        peak, allocated = max(rss("VmHWM:") - base, 0), None
+    print(f"{name:<14} {seconds * 1e3:>10.1f} {a.batch / seconds:>10.1f} {peak / 2**20:>12.1f} {trainable:>14} "
+          f"{infer_seconds * 1e3:>10.1f}")
+    return {"method": name, "step_ms": seconds * 1e3, "images_per_s": a.batch / seconds, "peak_bytes": peak,
+            "peak_allocated_bytes": allocated, "trainable": trainable, "infer_ms": infer_seconds * 1e3}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", default="B/16")
@@ -175,49 +225,16 @@ def main():
 
     print(f"# torch {torch.__version__} train step: ViT width {d} depth {depth} patch {patch} at {a.image_size} px, "
           f"batch {a.batch}, {'bf16 autocast' if cuda else 'f32'} on {dev}, median of {a.steps} steps")
-    print(f"{'method':<14} {'step ms':>10} {'images/s':>10} {'peak MiB':>12} {'trainable':>14}")
+    print(f"{'method':<14} {'step ms':>10} {'images/s':>10} {'peak MiB':>12} {'trainable':>14} {'infer ms':>10}")
     rows = []
     for name in a.methods.split(","):
-        vit = VisionTransformer(img_size=a.image_size, patch_size=patch, embed_dim=d, depth=depth, num_heads=heads,
-                                num_classes=100).to(dev)
+        try:
+            rows.append(measure(name, a, d, depth, heads, patch, dev, cuda, images, labels, timed))
+        except torch.cuda.OutOfMemoryError as e:  # recorded as such; the other methods go on
+            print(f"{name:<14} out of memory")
+            rows.append({"method": name, "error": "out of memory"})
         if cuda:
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        reset_peak()
-        base = rss("VmRSS:")
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-        if name == "forward":
-            vit.eval()
-
-            def step():
-                with torch.no_grad(), autocast:
-                    vit.forward_features(images)
-            trainable = 0
-        else:
-            model, params = build(name, vit)
-            trainable = sum(p.numel() for p in params)
-            opt = torch.optim.AdamW(params, lr=1e-4)
-            cached = None
-            if name == "losa_cached":
-                with autocast:
-                    cached = model.taps(images)
-
-            def step():
-                with autocast:
-                    logits = model.side(cached) if cached is not None else model(images)
-                    loss = F.cross_entropy(logits.float(), labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        seconds = timed(step)
-        if cuda:
-            peak, allocated = torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated()
-        else:
-            peak, allocated = max(rss("VmHWM:") - base, 0), None
-        print(f"{name:<14} {seconds * 1e3:>10.1f} {a.batch / seconds:>10.1f} {peak / 2**20:>12.1f} {trainable:>14}")
-        rows.append({"method": name, "step_ms": seconds * 1e3, "images_per_s": a.batch / seconds, "peak_bytes": peak,
-                     "peak_allocated_bytes": allocated, "trainable": trainable})
-        del vit
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"tool": f"torch {torch.__version__}", "device": str(dev), "width": d, "depth": depth,

@@ -2,7 +2,7 @@
 //! against its CPU fallback on the same random inputs, with the device's outputs pre-filled with
 //! NaN (`ops::poison_outputs`), so an element a kernel leaves unwritten fails the check; then the
 //! time of each op forward + backward, fused against the unfused composition. Prints pass/fail and
-//! timing tables and exits 1 on any failure. `bench/run_kernels_gpu.sh` runs it on the GPU.
+//! timing tables and exits 1 on any failure. `bench/run_gpu.sh` runs it on the GPU.
 //!   kernels [--device cuda|cpu] [--runs 20]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 

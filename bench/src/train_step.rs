@@ -122,6 +122,10 @@ fn time(
 fn run() -> Result<(), String> {
     let args = parse()?;
     let device = args.device.open().map_err(|e| e.to_string())?;
+    // The device memory in use before the model is loaded: each method's peak is taken above it,
+    // so that it counts weights, inputs, activations, gradients and optimiser state, as PyTorch's
+    // peak reserved memory does.
+    let startup = memory::Meter::start(&device);
     let dtype = backbone_dtype(BackboneDtype::Auto, &device);
     let config = VitConfig {
         shape: args.shape,
@@ -151,62 +155,48 @@ fn run() -> Result<(), String> {
         device,
         args.steps
     );
-    println!("{:<14} {:>10} {:>10} {:>12} {:>14}", "method", "step ms", "images/s", "peak MiB", "trainable");
+    println!(
+        "{:<14} {:>10} {:>10} {:>12} {:>14} {:>10}",
+        "method", "step ms", "images/s", "peak MiB", "trainable", "infer ms"
+    );
     let mut rows = Vec::new();
+    let setup =
+        Setup { device: &device, vit: &vit, images: &images, labels: &labels, train: &train, classes };
     for name in &args.methods {
         memory::reset_peak();
         let base = memory::current_rss().unwrap_or(0);
         // On CUDA: device memory in use (total − free, so the allocator's pool counts, as PyTorch's
         // max_memory_reserved does) sampled after the forward, the backward and the update.
-        let meter = memory::Meter::start(&device);
-        let (seconds, trainable) = if name == "forward" {
-            let t = time(&device, args.warmup, args.steps, || {
-                let out = vit.forward(&images, &NoHooks, Grad::Frozen, false);
-                meter.sample();
-                out.map(|_| ())
-            })
-            .map_err(e)?;
-            (t, 0)
-        } else {
-            let config = adapter(name).ok_or(format!("unknown method {name}"))?;
-            let method = losa_adapters::build(&config, &vit, classes, 0, DType::F32).map_err(e)?;
-            let vars = method.trainable();
-            let trainable: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-            let mut opt = Optimizer::new(&train, vars);
-            let cached = name.ends_with("_cached");
-            let taps =
-                if cached { Some(compute_taps(&vit, &images, &method.taps()).map_err(e)?) } else { None };
-            let t = time(&device, args.warmup, args.steps, || {
-                let logits = match &taps {
-                    Some(taps) => method.forward_taps(&vit, taps, true)?,
-                    None => method.forward(&vit, &images, true)?,
+        let meter = memory::Meter::start_from(&device, &startup);
+        match measure(&setup, name, &args, &meter) {
+            Ok(m) => {
+                // On the CPU: the process's peak resident set during this method above the resident
+                // set before it (weights, images and earlier results included in the base).
+                let peak = if device.is_cuda() {
+                    meter.peak().bytes
+                } else {
+                    memory::peak_rss().map(|p| p.saturating_sub(base)).unwrap_or(0)
                 };
-                meter.sample();
-                let grads = cross_entropy(&logits, &labels, 0.0)?.backward()?;
-                meter.sample();
-                opt.step(&grads, 1e-4)?;
-                meter.sample();
-                Ok(())
-            })
-            .map_err(e)?;
-            (t, trainable)
-        };
-        // On the CPU: the process's peak resident set during this method above the resident set
-        // before it (weights, images and earlier results included in the base).
-        let peak = if device.is_cuda() {
-            meter.peak().bytes
-        } else {
-            memory::peak_rss().map(|p| p.saturating_sub(base)).unwrap_or(0)
-        };
-        println!(
-            "{:<14} {:>10.1} {:>10.1} {:>12.1} {:>14}",
-            name,
-            seconds * 1e3,
-            b as f64 / seconds,
-            peak as f64 / (1u64 << 20) as f64,
-            trainable
-        );
-        rows.push(serde_json::json!({"method": name, "step_ms": seconds * 1e3, "images_per_s": b as f64 / seconds, "peak_bytes": peak, "trainable": trainable}));
+                println!(
+                    "{:<14} {:>10.1} {:>10.1} {:>12.1} {:>14} {:>10.1}",
+                    name,
+                    m.step_s * 1e3,
+                    b as f64 / m.step_s,
+                    peak as f64 / (1u64 << 20) as f64,
+                    m.trainable,
+                    m.infer_s * 1e3
+                );
+                rows.push(serde_json::json!({"method": name, "step_ms": m.step_s * 1e3, "images_per_s": b as f64 / m.step_s,
+                    "peak_bytes": peak, "trainable": m.trainable, "infer_ms": m.infer_s * 1e3}));
+            }
+            // A method that does not fit (or fails otherwise) is recorded as such; the others go on.
+            Err(err) => {
+                let oom = is_out_of_memory(&err);
+                println!("{name:<14} {}", if oom { "out of memory" } else { "error" });
+                eprintln!("{name}: {err}");
+                rows.push(serde_json::json!({"method": name, "error": if oom { "out of memory".to_owned() } else { err }}));
+            }
+        }
     }
     if let Some(path) = args.json {
         let doc = serde_json::json!({
@@ -218,6 +208,75 @@ fn run() -> Result<(), String> {
             .map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
+}
+
+/// What every method's measurement shares.
+struct Setup<'a> {
+    device: &'a Device,
+    vit: &'a Vit,
+    images: &'a Tensor,
+    labels: &'a Tensor,
+    train: &'a TrainConfig,
+    classes: usize,
+}
+
+/// One method's figures.
+struct Measured {
+    /// Median seconds of a train step (of the forward alone for `forward`).
+    step_s: f64,
+    /// Median seconds of an inference forward (train = false) of the adapted model.
+    infer_s: f64,
+    trainable: usize,
+}
+
+fn measure(s: &Setup<'_>, name: &str, args: &Args, meter: &memory::Meter) -> Result<Measured, String> {
+    let e = |e: candle_core::Error| e.to_string();
+    let (device, vit, images, labels) = (s.device, s.vit, s.images, s.labels);
+    if name == "forward" {
+        let t = time(device, args.warmup, args.steps, || {
+            let out = vit.forward(images, &NoHooks, Grad::Frozen, false);
+            meter.sample();
+            out.map(|_| ())
+        })
+        .map_err(e)?;
+        return Ok(Measured { step_s: t, infer_s: t, trainable: 0 });
+    }
+    let config = adapter(name).ok_or(format!("unknown method {name}"))?;
+    let method = losa_adapters::build(&config, vit, s.classes, 0, DType::F32).map_err(e)?;
+    let vars = method.trainable();
+    let trainable: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = Optimizer::new(s.train, vars);
+    let taps = match name.ends_with("_cached") {
+        true => Some(compute_taps(vit, images, &method.taps()).map_err(e)?),
+        false => None,
+    };
+    let step_s = time(device, args.warmup, args.steps, || {
+        let logits = match &taps {
+            Some(taps) => method.forward_taps(vit, taps, true)?,
+            None => method.forward(vit, images, true)?,
+        };
+        meter.sample();
+        let grads = cross_entropy(&logits, labels, 0.0)?.backward()?;
+        meter.sample();
+        opt.step(&grads, 1e-4)?;
+        meter.sample();
+        Ok(())
+    })
+    .map_err(e)?;
+    // Inference runs the backbone as deployed: from images, also for a method trained from cache.
+    let infer_s = time(device, args.warmup, args.steps, || {
+        let out = method.forward(vit, images, false);
+        meter.sample();
+        out.map(|_| ())
+    })
+    .map_err(e)?;
+    Ok(Measured { step_s, infer_s, trainable })
+}
+
+/// Whether an error says the device ran out of memory (cudarc: CUDA_ERROR_OUT_OF_MEMORY).
+fn is_out_of_memory(err: &str) -> bool {
+    let e = err.to_ascii_lowercase();
+    e.contains("out_of_memory") || e.contains("out of memory")
 }
 
 fn main() -> std::process::ExitCode {

@@ -48,6 +48,14 @@ impl Meter {
         Self { cuda, baseline, peak: std::cell::Cell::new(baseline) }
     }
 
+    /// Starts measuring on `device` against the baseline of an earlier meter (e.g. one started
+    /// before the model was loaded, so that the peak includes the weights, as PyTorch's peak
+    /// reserved memory does).
+    pub fn start_from(device: &candle_core::Device, earlier: &Meter) -> Self {
+        let meter = Self::start(device);
+        Self { baseline: earlier.baseline, ..meter }
+    }
+
     /// Records the memory in use now (CUDA; the CPU's kernel keeps its own peak).
     pub fn sample(&self) {
         if let Some(d) = &self.cuda {

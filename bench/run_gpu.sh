@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Everything issues 9 and 10 need measured on the GPU machine, in one call (../shared/GPU.md: no
+# Rust there). Build here first, with the CUDA 13 toolchain, for compute capability 9.0:
+#   eval "$(bash ../shared/tools/cuda-toolchain.sh)"; touch framework/build.rs
+#   CARGO_TARGET_DIR=/work/target-cuda CUDA_COMPUTE_CAP=90 cargo build --release -p losa-bench \
+#     --features cuda --bin kernels --bin train_step --bin device_parity
+#   CARGO_TARGET_DIR=/work/target-cuda CUDA_COMPUTE_CAP=90 cargo build --release --features cuda --bin runner
+#   mkdir -p gpu-bin && cp /work/target-cuda/release/{kernels,train_step,device_parity,runner} gpu-bin/
+# (`touch framework/build.rs`: a CUDA target folder shared with another checkout can hold that
+# checkout's build-script output, and then the fused ops' PTX is not found; gpu-bin/ is ignored by
+# git, so name it in the device tool's `carry`), then on the GPU machine:
+#   bench/run_gpu.sh [--large]
+# Steps, each logged under $OUT (default bench/out/gpu), a summary last:
+#   1. device_parity: every method on CUDA (f32 and bf16 backbone) against the CPU in f32;
+#   2. kernels: every fused op's CUDA kernels against the CPU fallback, outputs pre-filled with NaN,
+#      and fused-against-unfused timings;
+#   3. the smoke recipe through `runner` on the CPU and on CUDA (device = "cuda", bf16 backbone):
+#      accuracies side by side (skipped when gpu-bin/runner is missing);
+#   4. the train-step benchmark against PyTorch + timm + peft on the same card: ViT-B/16, batch 64,
+#      224 px, every method (bench/run_train_step.sh --gpu);
+#   5. with --large: ViT-L/16 and ViT-H/14 for forward, full, lora, losa and losa_cached (a method
+#      that does not fit is shown as out of memory).
+# Exit status: 1 if a check (1–3) failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bin=${BIN_DIR:-gpu-bin}
+out=${OUT:-bench/out/gpu}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+declare -a summary
+check() {  # check NAME COMMAND...: runs it, keeps its output in $OUT/NAME.txt
+  local name=$1; shift
+  local start=$SECONDS
+  "$@" > "$out/$name.txt" 2>&1
+  local rc=$?
+  summary+=("$name: exit $rc ($((SECONDS - start)) s)")
+  return $rc
+}
+failed=0
+check device_parity "$bin/device_parity" --device cuda || failed=1
+check kernels "$bin/kernels" --device cuda --runs 20 || failed=1
+if [ -x "$bin/runner" ]; then
+  for d in cpu cuda; do
+    check "smoke_$d" "$bin/runner" run recipes/smoke.toml --set "device=\"$d\"" --out "$out/smoke-$d" --quiet --no-report || failed=1
+  done
+  "$py" - "$out" > "$out/smoke.md" <<'PY' || failed=1
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+acc = {}
+for d in ("cpu", "cuda"):
+    for rec in (out / f"smoke-{d}").glob("*/record.json"):
+        r = json.load(open(rec))
+        key = (r["labels"]["adapter"], r["labels"]["task"], r["labels"]["seed"])
+        top1 = next((a["top1"] for a in r.get("accuracy", []) if a["split"] == "test"), None)
+        acc.setdefault(key, {})[d] = (top1, r.get("environment", {}).get("device"))
+print("| method | task | seed | cpu test % | cuda test % | difference (points) |")
+print("|---|---|---:|---:|---:|---:|")
+worst = 0.0
+for (m, t, s), v in sorted(acc.items()):
+    c, g = v.get("cpu", (None,))[0], v.get("cuda", (None,))[0]
+    diff = abs(c - g) * 100 if c is not None and g is not None else float("inf")
+    worst = max(worst, diff)
+    f = lambda x: "–" if x is None else f"{x * 100:.1f}"
+    print(f"| {m} | {t} | {s} | {f(c)} | {f(g)} | {diff:.1f} |")
+# bf16 rounding changes a few predictions of a tiny test set; a gap this large is a bug.
+print(f"\nlargest difference {worst:.1f} points (at most 10 expected)")
+sys.exit(0 if worst <= 10 else 1)
+PY
+else
+  summary+=("smoke: skipped ($bin/runner not there)")
+fi
+RUNNER_BENCH="$bin/train_step" OUT="$out/b16" PYTHON="$py" bench/run_train_step.sh --gpu > "$out/train_step_b16.md" 2>&1
+summary+=("train_step B/16: exit $?")
+if [ "${1:-}" = "--large" ]; then
+  for v in L/16 H/14; do
+    name=${v%/*}
+    METHODS="forward full lora losa losa_cached" RUNNER_BENCH="$bin/train_step" OUT="$out/$name" PYTHON="$py" \
+      bench/run_train_step.sh --gpu --variant "$v" > "$out/train_step_$name.md" 2>&1
+    summary+=("train_step $v: exit $?")
+  done
+fi
+for f in device_parity kernels smoke train_step_b16 train_step_L train_step_H; do
+  [ -f "$out/$f.md" ] && { echo "== $f"; cat "$out/$f.md"; echo; }
+  [ -f "$out/$f.txt" ] && [ ! -f "$out/$f.md" ] && { echo "== $f"; tail -n 40 "$out/$f.txt"; echo; }
+done
+printf '%s\n' "${summary[@]}"
+exit $failed
