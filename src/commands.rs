@@ -35,11 +35,12 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
             path.display()
         )));
     }
-    let mut runs = expand(&recipe);
-    check_collisions(path, &recipe, &runs)?;
-    if let Some(s) = flags.shard {
-        runs = shard(runs, s.index, s.count);
-    }
+    let plan = expand(&recipe);
+    check_collisions(path, &recipe, &plan)?;
+    let runs = match flags.shard {
+        Some(s) => shard(plan.clone(), s.index, s.count),
+        None => plan.clone(),
+    };
     let missing: Vec<&Missing> = runs.iter().flat_map(|r| &r.missing).collect();
     if !missing.is_empty() {
         return Err(Failure::BadInput(anyhow!("{}", missing_inputs(path, &missing))));
@@ -54,7 +55,7 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
     store::write_recipe(&runs_dir, &recipe)?;
     if !flags.quiet {
         print!("{}", plan_table(&recipe, &runs, &runs_dir));
-        print!("{}", final_stage_table(&recipe, &runs_dir));
+        print!("{}", final_stage_table(&recipe, &plan, &runs_dir));
     }
     let options = execute::Options { runs_dir: runs_dir.clone(), force: flags.force, device };
     let stages = match flags.stage {
@@ -72,12 +73,19 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
                 &mut bars
             }
         };
-    let done =
-        protocol::execute_protocol(&recipe, stages, shard_of, &options, &losa_adapters::build, progress);
+    let done = protocol::execute_protocol(
+        &recipe,
+        &plan,
+        stages,
+        shard_of,
+        &options,
+        &losa_adapters::build,
+        progress,
+    );
     let summary = &done.summary;
     // The report covers the whole plan (every shard), not records of older versions of the recipe;
     // under tune_then_test, the final runs decided so far.
-    let reported = protocol::reported_runs(&recipe, &runs_dir);
+    let reported = protocol::reported_runs(&recipe, &plan, &runs_dir);
     let report = match recipe.report.enabled && !flags.no_report {
         true => write_report(&runs_dir, reported, flags.quiet),
         false => Ok(()),
@@ -273,7 +281,7 @@ pub fn plan(path: &Path, json: bool, layers: &Layers) -> Result<(), Failure> {
     let runs = expand(&recipe);
     check_collisions(path, &recipe, &runs)?;
     if json {
-        let runs: Vec<serde_json::Value> = runs
+        let rows: Vec<serde_json::Value> = runs
             .iter()
             .map(|r| {
                 let mut v = serde_json::to_value(r)?;
@@ -285,15 +293,17 @@ pub fn plan(path: &Path, json: bool, layers: &Layers) -> Result<(), Failure> {
             "recipe": recipe.name,
             "runs_dir": recipe.runs_dir(),
             "protocol": recipe.protocol,
-            "runs": runs,
+            "runs": rows,
         });
         if recipe.protocol == recipe::Protocol::TuneThenTest {
-            doc["final_runs"] = serde_json::to_value(protocol::stage2(&recipe, &recipe.runs_dir()).finals)?;
+            doc["final_runs"] =
+                serde_json::to_value(protocol::stage2(&recipe, &runs, &recipe.runs_dir()).finals)?;
         }
         emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
     } else {
         let runs_dir = recipe.runs_dir();
-        emit(&format!("{}{}", plan_table(&recipe, &runs, &runs_dir), final_stage_table(&recipe, &runs_dir)))?;
+        let stage2 = final_stage_table(&recipe, &runs, &runs_dir);
+        emit(&format!("{}{stage2}", plan_table(&recipe, &runs, &runs_dir)))?;
     }
     Ok(())
 }
@@ -353,12 +363,15 @@ pub fn report(
     layers: &Layers,
 ) -> Result<(), Failure> {
     let plan = match recipe {
-        Some(path) => Some(protocol::reported_runs(&load(path, layers)?, runs)),
+        Some(path) => {
+            let recipe = load(path, layers)?;
+            Some(protocol::reported_runs(&recipe, &expand(&recipe), runs))
+        }
         // Without a recipe every record shows, except under tune_then_test: which final runs
         // count, and with which choice, is for the saved recipe's plan to say.
         None => match store::read_recipe(runs)? {
             Some(saved) if saved.recipe.protocol == recipe::Protocol::TuneThenTest => {
-                Some(protocol::reported_runs(&saved.recipe, runs))
+                Some(protocol::reported_runs(&saved.recipe, &expand(&saved.recipe), runs))
             }
             _ => None,
         },
@@ -395,11 +408,11 @@ fn plan_table(recipe: &Recipe, runs: &[RunSpec], runs_dir: &Path) -> String {
 }
 
 /// Under tune_then_test: what the final stage will run, and the final runs decided so far.
-fn final_stage_table(recipe: &Recipe, runs_dir: &Path) -> String {
+fn final_stage_table(recipe: &Recipe, tuning: &[RunSpec], runs_dir: &Path) -> String {
     if recipe.protocol == recipe::Protocol::Fixed {
         return String::new();
     }
-    let stage2 = protocol::stage2(recipe, runs_dir);
+    let stage2 = protocol::stage2(recipe, tuning, runs_dir);
     let groups = losa_framework::plan::groups(recipe).len();
     let mut out = format!(
         "\nthen the final stage: each method × task's setting with the best mean val200 accuracy, trained on \

@@ -98,7 +98,8 @@ pub struct Target {
 pub fn show(target: &Target) -> Result<(), Failure> {
     // Under tune_then_test: the tuning runs, then the final runs decided so far.
     let mut runs = expand(&target.recipe);
-    runs.extend(losa_framework::engine::protocol::stage2(&target.recipe, &target.runs_dir).finals);
+    let finals = losa_framework::engine::protocol::stage2(&target.recipe, &runs, &target.runs_dir).finals;
+    runs.extend(finals);
     let states: Vec<State> = runs
         .iter()
         .map(|r| r.id.as_deref().map_or(State::InputsMissing, |id| state(&target.runs_dir, id)))

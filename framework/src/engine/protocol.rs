@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::execute::{Builder, Options, Summary, execute};
 use super::progress::Progress;
 use crate::canonical::sha256_hex;
-use crate::plan::{RunSpec, plan, plan_final, shard, shard_final};
+use crate::plan::{RunSpec, plan_final, shard, shard_final};
 use crate::recipe::{Protocol, Recipe};
 use crate::select::{Choice, Choices, GroupKey, Outcome, select};
 use crate::store::{self, RECORD_FILE, write_atomic};
@@ -58,28 +58,25 @@ enum Choosing {
     Remake,
 }
 
-/// The second stage of `recipe` as the runs folder decides it now (empty under "fixed"). Nothing
-/// is written.
-pub fn stage2(recipe: &Recipe, runs_dir: &Path) -> Stage2 {
-    decide(recipe, runs_dir, Choosing::Read)
+/// The second stage of `recipe`, whose plan (`plan(recipe)`, the tuning runs) is `tuning`, as the
+/// runs folder decides it now (empty under "fixed"). Nothing is written.
+pub fn stage2(recipe: &Recipe, tuning: &[RunSpec], runs_dir: &Path) -> Stage2 {
+    decide(recipe, tuning, runs_dir, Choosing::Read)
 }
 
 /// The second stage: each group's stored choice if there is one (a choice, once made, stays: a
 /// failed tuning run that a later run retries must not change it under existing final runs),
 /// else the choice its tuning records make.
-fn decide(recipe: &Recipe, runs_dir: &Path, choosing: Choosing) -> Stage2 {
+fn decide(recipe: &Recipe, first: &[RunSpec], runs_dir: &Path, choosing: Choosing) -> Stage2 {
     if recipe.protocol == Protocol::Fixed {
         return Stage2 { finals: vec![], tuning: vec![], unchosen: vec![] };
     }
-    let first = plan(recipe);
     let outcome = outcome_in(runs_dir);
-    let made = select(&first, &outcome);
-    let mut keys: Vec<GroupKey> = first.iter().map(GroupKey::of).collect();
-    keys.dedup();
+    let made = select(first, &outcome);
     let (mut chosen, mut tuning, mut unchosen) = (Choices::new(), Vec::new(), Vec::new());
-    for key in keys {
-        let runs: Vec<&RunSpec> = first.iter().filter(|r| GroupKey::of(r) == key).collect();
-        let file = choice_file(runs_dir, &runs);
+    for runs in groups_of(first) {
+        let key = GroupKey::of(&runs[0]);
+        let file = choice_file(runs_dir, runs);
         let stored = match (&file, choosing) {
             (Some(f), Choosing::Read | Choosing::Store) => read_choice(f),
             _ => None,
@@ -89,7 +86,7 @@ fn decide(recipe: &Recipe, runs_dir: &Path, choosing: Choosing) -> Stage2 {
         } else if let Some(choice) = made.get(&key) {
             if let (Some(f), Choosing::Store | Choosing::Remake) = (&file, choosing) {
                 // A choice that cannot be stored is still made; the next run tries again.
-                let _ = write_choice(f, &runs, choice);
+                let _ = write_choice(f, runs, choice);
             }
             chosen.insert(key, choice.clone());
         } else if runs.iter().any(|r| r.id.as_deref().is_none_or(|id| outcome(id) == Outcome::Pending)) {
@@ -105,13 +102,10 @@ fn decide(recipe: &Recipe, runs_dir: &Path, choosing: Choosing) -> Stage2 {
 /// diverging learning rate, a crash) is not run again — it could change nothing, and would fail
 /// every rerun. `--force` runs them again.
 fn tuning_over(tuning: &[RunSpec], runs_dir: &Path) -> Vec<Option<String>> {
-    let mut keys: Vec<GroupKey> = tuning.iter().map(GroupKey::of).collect();
-    keys.dedup();
     let outcome = outcome_in(runs_dir);
     let mut over = Vec::new();
-    for key in keys {
-        let runs: Vec<&RunSpec> = tuning.iter().filter(|r| GroupKey::of(r) == key).collect();
-        if choice_file(runs_dir, &runs).is_some_and(|f| f.is_file()) {
+    for runs in groups_of(tuning) {
+        if choice_file(runs_dir, runs).is_some_and(|f| f.is_file()) {
             let failed =
                 runs.iter().filter(|r| r.id.as_deref().is_some_and(|id| outcome(id) == Outcome::Failed));
             over.extend(failed.map(|r| r.id.clone()));
@@ -120,9 +114,15 @@ fn tuning_over(tuning: &[RunSpec], runs_dir: &Path) -> Vec<Option<String>> {
     over
 }
 
+/// The tuning runs of each method × task group: consecutive in plan order (backbone, dataset,
+/// task, adapter, then setting and seed).
+fn groups_of(tuning: &[RunSpec]) -> impl Iterator<Item = &[RunSpec]> {
+    tuning.chunk_by(|a, b| GroupKey::of(a) == GroupKey::of(b))
+}
+
 /// The file of a group's choice, named by its tuning runs (a changed grid is a new choice);
 /// `None` while a run has no id (inputs missing).
-fn choice_file(runs_dir: &Path, runs: &[&RunSpec]) -> Option<PathBuf> {
+fn choice_file(runs_dir: &Path, runs: &[RunSpec]) -> Option<PathBuf> {
     let mut ids: Vec<&str> = runs.iter().map(|r| r.id.as_deref()).collect::<Option<_>>()?;
     ids.sort_unstable();
     let first = runs.first()?;
@@ -145,7 +145,7 @@ fn read_choice(path: &Path) -> Option<Choice> {
     serde_json::from_str::<Stored>(&text).ok().map(|s| s.choice)
 }
 
-fn write_choice(path: &Path, runs: &[&RunSpec], choice: &Choice) -> Result<(), String> {
+fn write_choice(path: &Path, runs: &[RunSpec], choice: &Choice) -> Result<(), String> {
     let first = runs.first().ok_or("no runs")?;
     let stored = Stored {
         task: first.task.name.clone(),
@@ -164,12 +164,13 @@ fn outcome_in(runs_dir: &Path) -> impl Fn(&str) -> Outcome + '_ {
     move |id| Outcome::of(store::read_record(&runs_dir.join(id).join(RECORD_FILE)).ok().as_ref())
 }
 
-/// The runs whose results a report of `recipe` shows: the plan under "fixed"; the final runs
-/// decided so far under "tune_then_test" (tuning runs score on val200, not on the test split).
-pub fn reported_runs(recipe: &Recipe, runs_dir: &Path) -> Vec<RunSpec> {
+/// The runs whose results a report of `recipe` (with plan `plan`) shows: the plan under "fixed";
+/// the final runs decided so far under "tune_then_test" (tuning runs score on val200, not on the
+/// test split).
+pub fn reported_runs(recipe: &Recipe, plan: &[RunSpec], runs_dir: &Path) -> Vec<RunSpec> {
     match recipe.protocol {
-        Protocol::Fixed => plan(recipe),
-        Protocol::TuneThenTest => stage2(recipe, runs_dir).finals,
+        Protocol::Fixed => plan.to_vec(),
+        Protocol::TuneThenTest => stage2(recipe, plan, runs_dir).finals,
     }
 }
 
@@ -186,9 +187,12 @@ pub struct Executed {
     pub stage2: Option<Stage2>,
 }
 
-/// Executes `recipe` into `options.runs_dir` by its protocol, shard `shard` of each stage.
+/// Executes `recipe`, whose plan is `plan` (passed in: planning hashes every input file, a
+/// checkpoint of gigabytes included, so a command plans once), into `options.runs_dir` by its
+/// protocol, shard `shard_of` of each stage.
 pub fn execute_protocol(
     recipe: &Recipe,
+    plan: &[RunSpec],
     stages: Stages,
     shard_of: Option<Shard>,
     options: &Options,
@@ -197,14 +201,13 @@ pub fn execute_protocol(
 ) -> Executed {
     let mut out = Executed::default();
     if stages != Stages::Final || recipe.protocol == Protocol::Fixed {
-        let all = plan(recipe);
         let over = match options.force {
-            false => tuning_over(&all, &options.runs_dir),
+            false => tuning_over(plan, &options.runs_dir),
             true => vec![],
         };
         let first: Vec<RunSpec> = match shard_of {
-            Some((index, count)) => shard(all, index, count),
-            None => all,
+            Some((index, count)) => shard(plan.to_vec(), index, count),
+            None => plan.to_vec(),
         };
         out.runs = first.len();
         let first: Vec<RunSpec> = first.into_iter().filter(|r| !over.contains(&r.id)).collect();
@@ -215,7 +218,7 @@ pub fn execute_protocol(
         return out;
     }
     let choosing = if options.force { Choosing::Remake } else { Choosing::Store };
-    let decided = decide(recipe, &options.runs_dir, choosing);
+    let decided = decide(recipe, plan, &options.runs_dir, choosing);
     let second = match shard_of {
         Some((index, count)) => shard_final(recipe, decided.finals.clone(), index, count),
         None => decided.finals.clone(),
