@@ -138,19 +138,27 @@ impl Dropout {
 
     /// `x` with elements zeroed with probability p and the rest scaled by 1/(1-p), when training.
     pub fn apply(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self.mask(x.shape(), x.dtype(), x.device(), train)? {
+            Some(mask) => x * mask,
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The mask that [`Dropout::apply`] would multiply a tensor of this shape by (zeros and
+    /// 1/(1-p)), drawn from the same stream; none when not training or p = 0.
+    pub fn mask(&self, shape: &Shape, dtype: DType, device: &Device, train: bool) -> Result<Option<Tensor>> {
         if !train || self.p == 0.0 {
-            return Ok(x.clone());
+            return Ok(None);
         }
         let keep = 1.0 - self.p;
         let mask: Vec<f32> = {
             let mut rng =
                 self.rng.lock().map_err(|_| candle_core::Error::Msg("dropout stream poisoned".into()))?;
-            (0..x.elem_count())
+            (0..shape.elem_count())
                 .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
                 .collect()
         };
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
+        Tensor::from_vec(mask, shape, device)?.to_dtype(dtype).map(Some)
     }
 }
 

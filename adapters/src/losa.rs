@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Result, Shape, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse, Taps, compute_taps};
 use losa_framework::ops;
 use losa_framework::recipe::{Activation, LosaConfig, Mixer, MixerNorm};
@@ -85,7 +85,8 @@ impl Losa {
         Ok(Self { mixers, activation: config.activation, dropout, depth: vit.config.shape.depth, head })
     }
 
-    /// `g_i(z)` for the mixers of one block.
+    /// `g_i(z)` for the mixers of one block, composed from candle ops: the path of activations
+    /// other than GELU, and the reference that `ops::side_update` is tested against.
     pub(crate) fn mix(&self, parts: &[LowRank], z: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
         let mut h = z.clone();
         for p in parts {
@@ -115,6 +116,31 @@ impl Losa {
             };
         }
         h - z
+    }
+
+    /// One block's mixers as `ops::side_update` takes them, with this step's dropout masks drawn
+    /// in the order [`Losa::mix`] draws them (so both give the same result).
+    fn side_mixes(&self, parts: &[LowRank], y: &Tensor, train: bool) -> Result<Vec<ops::LowRankMix>> {
+        let (batch, tokens, width) = y.dims3()?;
+        parts
+            .iter()
+            .map(|p| {
+                let rank = p.down.dim(0)?;
+                let shape = match p.axis {
+                    Mixer::Channel => Shape::from((batch, tokens, rank)),
+                    Mixer::Token => Shape::from((batch, rank, width)),
+                };
+                Ok(ops::LowRankMix {
+                    axis: p.axis,
+                    norm: p.norm.as_ref().map(|(w, b)| (w.as_tensor().clone(), b.as_tensor().clone())),
+                    down: p.down.as_tensor().clone(),
+                    down_bias: p.down_bias.as_tensor().clone(),
+                    up: p.up.as_tensor().clone(),
+                    up_bias: p.up_bias.as_ref().map(|b| b.as_tensor().clone()),
+                    mask: self.dropout.mask(&shape, y.dtype(), y.device(), train)?,
+                })
+            })
+            .collect()
     }
 
     /// `act(a + bias)`, the bias along dimension `dim` of `a`: GELU (the default) in one fused op
@@ -180,6 +206,18 @@ impl Adaptation for Losa {
     }
 
     fn forward_taps(&self, vit: &Vit, taps: &Taps, train: bool) -> Result<Tensor> {
+        // GELU (the default): each block as one op with a hand-written backward (ops::side_update);
+        // other activations composed from candle ops.
+        self.forward_with(vit, taps, train, matches!(self.activation, Activation::Gelu))
+    }
+}
+
+impl Losa {
+    /// The logits, each side block fused into one op or composed (`fused` needs GELU).
+    pub(crate) fn forward_with(&self, vit: &Vit, taps: &Taps, train: bool, fused: bool) -> Result<Tensor> {
+        if fused && !matches!(self.activation, Activation::Gelu) {
+            candle_core::bail!("losa: the fused side blocks compute GELU, not {:?}", self.activation);
+        }
         let dtype = self.head.weight.dtype();
         let order = self.taps();
         let block = |i: usize| -> Result<Tensor> {
@@ -190,9 +228,15 @@ impl Adaptation for Losa {
             taps.blocks[at].to_dtype(dtype)
         };
         let mut y = block(self.depth - 1)?;
+        let eps = vit.config.norm_eps;
         for (&i, parts) in &self.mixers {
-            let z = (block(i)? + &y)?;
-            y = (y + self.mix(parts, &z, vit.config.norm_eps, train)?)?;
+            y = match fused {
+                true => ops::side_update(&block(i)?, &y, &self.side_mixes(parts, &y, train)?, eps)?,
+                false => {
+                    let z = (block(i)? + &y)?;
+                    (&y + self.mix(parts, &z, eps, train)?)?
+                }
+            };
         }
         // The backbone's final norm (frozen, but differentiable in y) then the head, so that with
         // g ≡ 0 this is exactly the linear probe on the backbone's final features.

@@ -383,3 +383,39 @@ fn losa_mixers_match_the_transposed_composition() {
         assert!(scale > 1e-3 && diff <= 1e-12 * scale, "mixer differs by {diff} (scale {scale})");
     }
 }
+
+/// LoSA's side blocks as one op (`ops::side_update`, the GELU default) against the same blocks
+/// composed from candle ops: the same logits and gradients in f64, with dropout on (the masks come
+/// from one stream in one order, so both draw the same).
+#[test]
+fn losa_fused_side_blocks_match_the_composed_ones_with_dropout() {
+    for mixers in [vec![Mixer::Channel, Mixer::Token], vec![Mixer::Token, Mixer::Channel]] {
+        let vit = backbone(DType::F64);
+        let config =
+            LosaConfig { channel_rank: 4, token_rank: 3, dropout: 0.3, mixers, ..Default::default() };
+        let mut init = crate::common::Init::new(5, &Device::Cpu, DType::F64);
+        let head = crate::common::Head::new(&mut init, 12, 5, Pool::Mean).unwrap();
+        let losa = crate::losa::Losa::new(&config, &vit, head, &mut init).unwrap();
+        randomise(&losa);
+        let images =
+            seeded_normal((2, 3, 8, 8), 1.0, 12, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+        let taps = compute_taps(&vit, &images, &losa.taps()).unwrap();
+        let probe = seeded_normal((2, 5), 1.0, 13, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+        let run = |fused: bool| {
+            losa.start_epoch(0);
+            let logits = losa.forward_with(&vit, &taps, true, fused).unwrap();
+            let grads = (&logits * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![logits];
+            out.extend(
+                losa.trainable().iter().map(|(_, v)| grads.get(v.as_tensor()).expect("a gradient").clone()),
+            );
+            out
+        };
+        let (fused, composed) = (run(true), run(false));
+        for (k, (f, c)) in fused.iter().zip(&composed).enumerate() {
+            let diff = (f - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            let scale = c.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!(scale > 0.0 && diff <= 1e-9 * scale, "output {k} differs by {diff} (scale {scale})");
+        }
+    }
+}

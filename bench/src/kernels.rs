@@ -10,40 +10,126 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Result, Tensor, Var};
 use losa_framework::ops;
-use losa_framework::recipe::DeviceSpec;
+use losa_framework::recipe::{DeviceSpec, Mixer};
 use losa_framework::vit::seeded_normal;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Op {
     LayerNorm,
     BiasGelu(usize),
+    /// `a + m − minus + bias` (no backward).
+    Residual,
+    /// One LoSA side block (`ops::side_update`), a channel then a token mixer of this rank.
+    Side(usize),
 }
+
+/// The mixers of [`Op::Side`]: channel then token, with norms.
+const SIDE: [Mixer; 2] = [Mixer::Channel, Mixer::Token];
 
 impl Op {
     fn name(self) -> String {
         match self {
             Op::LayerNorm => "layer_norm".into(),
             Op::BiasGelu(dim) => format!("bias_gelu(dim {dim})"),
+            Op::Residual => "residual".into(),
+            Op::Side(rank) => format!("side_update(rank {rank})"),
         }
     }
 
-    /// Random inputs (f64 on the CPU): x, then weight and bias or the bias.
+    /// Random inputs (f64 on the CPU): x, then weight and bias or the bias; for `Side`, `y`, the
+    /// mixers' parameters, then the features `b`.
     fn inputs(self, shape: &[usize]) -> Result<Vec<Tensor>> {
         let cpu = Device::Cpu;
         let x = (seeded_normal(shape, 1.5, 1, &cpu)? + 0.3)?;
+        let d = shape[shape.len() - 1];
         Ok(match self {
             Op::LayerNorm => {
-                let d = shape[shape.len() - 1];
                 vec![x, (seeded_normal(d, 0.2, 2, &cpu)? + 1.0)?, seeded_normal(d, 0.2, 3, &cpu)?]
             }
             Op::BiasGelu(dim) => vec![x, seeded_normal(shape[dim], 0.5, 4, &cpu)?],
+            Op::Residual => {
+                vec![
+                    x,
+                    seeded_normal(shape, 1.0, 2, &cpu)?,
+                    seeded_normal(shape, 1.0, 3, &cpu)?,
+                    seeded_normal(d, 0.5, 4, &cpu)?,
+                ]
+            }
+            Op::Side(rank) => {
+                let n = shape[1];
+                let mut seed = 10;
+                let mut next = |shape: &[usize], std: f64| {
+                    seed += 1;
+                    seeded_normal(shape, std, seed, &cpu)
+                };
+                let mut ts = vec![x];
+                for axis in SIDE {
+                    let size = if axis == Mixer::Channel { d } else { n };
+                    ts.extend([(next(&[d], 0.2)? + 1.0)?, next(&[d], 0.2)?]);
+                    let std = (size as f64).powf(-0.5);
+                    ts.extend([next(&[rank, size], std)?, next(&[rank], 0.5)?, next(&[size, rank], 0.5)?]);
+                    if axis == Mixer::Channel {
+                        ts.push(next(&[size], 0.5)?);
+                    }
+                }
+                ts.push(next(shape, 1.0)?);
+                ts
+            }
         })
+    }
+
+    /// How many leading inputs get a gradient.
+    fn trainable(self, inputs: usize) -> usize {
+        match self {
+            Op::Residual => 0,
+            Op::Side(_) => inputs - 1,
+            _ => inputs,
+        }
+    }
+
+    /// The names of the outputs `run` returns: the value, then each trainable input's gradient.
+    fn outputs(self) -> Vec<String> {
+        let grads: Vec<&str> = match self {
+            Op::LayerNorm => vec!["dx", "dweight", "dbias"],
+            Op::BiasGelu(_) => vec!["dx", "dbias"],
+            Op::Residual => vec![],
+            Op::Side(_) => {
+                let mut g = vec!["dy"];
+                for axis in SIDE {
+                    g.extend(["dnorm.w", "dnorm.b", "ddown", "ddown.b", "dup"]);
+                    if axis == Mixer::Channel {
+                        g.push("dup.b");
+                    }
+                }
+                g
+            }
+        };
+        std::iter::once("y").chain(grads).map(String::from).collect()
+    }
+
+    /// The mixers of `Side` from its inputs (`y` and `b` excluded).
+    fn mixes(params: &[Tensor]) -> Vec<ops::LowRankMix> {
+        let mut it = params.iter().cloned();
+        let mut mixes = Vec::new();
+        for axis in SIDE {
+            let mut take = || it.next().expect("inputs() lays out every parameter");
+            let norm = Some((take(), take()));
+            let (down, down_bias, up) = (take(), take(), take());
+            let up_bias = (axis == Mixer::Channel).then(&mut take);
+            mixes.push(ops::LowRankMix { axis, norm, down, down_bias, up, up_bias, mask: None });
+        }
+        mixes
     }
 
     fn fused(self, t: &[Tensor]) -> Result<Tensor> {
         match self {
             Op::LayerNorm => ops::layer_norm(&t[0], &t[1], &t[2], 1e-6),
             Op::BiasGelu(dim) => ops::bias_gelu(&t[0], &t[1], dim),
+            Op::Residual => ops::residual(&t[0], &t[1], Some(&t[2]), Some(&t[3])),
+            Op::Side(_) => {
+                let last = t.len() - 1;
+                ops::side_update(&t[last], &t[0], &Self::mixes(&t[1..last]), 1e-6)
+            }
         }
     }
 
@@ -60,17 +146,53 @@ impl Op {
                 shape[dim] = t[1].dim(0)?;
                 t[0].broadcast_add(&t[1].reshape(shape)?)?.gelu_erf()
             }
+            Op::Residual => (&t[0] + &t[1])?.sub(&t[2])?.broadcast_add(&t[3]),
+            // LoSA's block as composed before ops::side_update (with the fused norm and bias + GELU).
+            Op::Side(_) => {
+                let (last, y) = (t.len() - 1, &t[0]);
+                let z = (&t[last] + y)?;
+                let mut h = z.clone();
+                for mix in Self::mixes(&t[1..last]) {
+                    let (w, b) = mix.norm.as_ref().expect("Side has norms");
+                    let x = ops::layer_norm(&h, w, b, 1e-6)?;
+                    let m = match mix.axis {
+                        Mixer::Channel => {
+                            ops::bias_gelu(&x.broadcast_matmul(&mix.down.t()?)?, &mix.down_bias, 2)?
+                                .broadcast_matmul(&mix.up.t()?)?
+                        }
+                        Mixer::Token => mix.up.broadcast_matmul(&ops::bias_gelu(
+                            &mix.down.broadcast_matmul(&x)?,
+                            &mix.down_bias,
+                            1,
+                        )?)?,
+                    };
+                    h = match &mix.up_bias {
+                        Some(bias) => (h + m.broadcast_add(bias)?)?,
+                        None => (h + m)?,
+                    };
+                }
+                y + (h - z)?
+            }
         }
     }
 }
 
-/// The output and the gradient of `sum(f(inputs) · probe)` for every input.
-fn run(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], probe: &Tensor) -> Result<Vec<Tensor>> {
-    let vars = inputs.iter().map(Var::from_tensor).collect::<Result<Vec<_>>>()?;
-    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+/// The output and the gradient of `sum(f(inputs) · probe)` for each of the first `trainable` inputs.
+fn run(
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    trainable: usize,
+    probe: &Tensor,
+) -> Result<Vec<Tensor>> {
+    let vars = inputs[..trainable].iter().map(Var::from_tensor).collect::<Result<Vec<_>>>()?;
+    let ts: Vec<Tensor> =
+        vars.iter().map(|v| v.as_tensor().clone()).chain(inputs[trainable..].iter().cloned()).collect();
     let y = f(&ts)?;
+    let mut out = vec![y.clone()];
+    if vars.is_empty() {
+        return Ok(out);
+    }
     let grads = (&y * probe)?.sum_all()?.backward()?;
-    let mut out = vec![y];
     for v in &vars {
         out.push(grads.get(v.as_tensor()).cloned().ok_or(candle_core::Error::Msg("no gradient".into()))?);
     }
@@ -148,6 +270,11 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::BiasGelu(2), vec![64, 197, 8]),
         (Op::BiasGelu(1), vec![64, 8, 768]),
         (Op::BiasGelu(1), vec![7, 5, 3]),
+        (Op::Residual, vec![64, 197, 768]),
+        (Op::Residual, vec![7, 5, 3]),
+        (Op::Side(8), vec![64, 197, 768]),
+        (Op::Side(8), vec![64, 197, 192]),
+        (Op::Side(3), vec![3, 7, 10]),
     ];
     let mut ok = true;
     println!("# fused ops on {device:?} against the CPU fallback (error = max |device − cpu| / max |cpu|)");
@@ -158,14 +285,11 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
             let inputs: Vec<Tensor> =
                 op.inputs(shape)?.iter().map(|t| t.to_dtype(dtype)).collect::<Result<_>>()?;
             let probe = seeded_normal(shape.as_slice(), 1.0, 9, &Device::Cpu)?.to_dtype(dtype)?;
-            let cpu = run(|t| op.fused(t), &inputs, &probe)?;
+            let trainable = op.trainable(inputs.len());
+            let cpu = run(|t| op.fused(t), &inputs, trainable, &probe)?;
             let on_device: Vec<Tensor> = inputs.iter().map(|t| t.to_device(device)).collect::<Result<_>>()?;
-            let dev = run(|t| op.fused(t), &on_device, &probe.to_device(device)?)?;
-            let names = match op {
-                Op::LayerNorm => ["y", "dx", "dweight", "dbias"].as_slice(),
-                Op::BiasGelu(_) => ["y", "dx", "dbias"].as_slice(),
-            };
-            for ((name, a), b) in names.iter().zip(&dev).zip(&cpu) {
+            let dev = run(|t| op.fused(t), &on_device, trainable, &probe.to_device(device)?)?;
+            for ((name, a), b) in op.outputs().iter().zip(&dev).zip(&cpu) {
                 let err = scaled_err(a, b)?;
                 let pass = err <= tolerance(dtype);
                 ok &= pass;
@@ -191,8 +315,11 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
                 .collect::<Result<_>>()?;
             let probe =
                 seeded_normal(shape.as_slice(), 1.0, 9, &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
-            let fused = median_ms(device, runs, || run(|t| op.fused(t), &inputs, &probe).map(|_| ()))?;
-            let unfused = median_ms(device, runs, || run(|t| op.unfused(t), &inputs, &probe).map(|_| ()))?;
+            let trainable = op.trainable(inputs.len());
+            let fused =
+                median_ms(device, runs, || run(|t| op.fused(t), &inputs, trainable, &probe).map(|_| ()))?;
+            let unfused =
+                median_ms(device, runs, || run(|t| op.unfused(t), &inputs, trainable, &probe).map(|_| ()))?;
             println!(
                 "| {} | {shape:?} | {dtype:?} | {fused:.3} | {unfused:.3} | {:.2} |",
                 op.name(),

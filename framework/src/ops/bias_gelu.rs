@@ -5,7 +5,7 @@
 //! The bias runs along any one dimension, so the token mixer can add its bias per row of
 //! `[batch, r_t, width]` without transposing.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::cpu::{Acc, Elem, cpu_dispatch, slice};
@@ -115,19 +115,20 @@ impl CustomOp2 for BiasGelu {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = x.apply_op3_no_bwd(bias, &grad.contiguous()?, &BiasGeluBwd(*self))?;
         let dbias = if bias.track_op() {
-            // Summed in f32 for half types: candle's CPU sum accumulates in the tensor's dtype, and
-            // a bf16 sum over batch × tokens elements loses most of its digits.
-            let wide = match dx.dtype() {
-                DType::F16 | DType::BF16 => dx.to_dtype(DType::F32)?,
-                _ => dx.clone(),
-            };
-            let outer = dx.elem_count() / (self.channels * self.inner);
-            Some(wide.reshape((outer, self.channels, self.inner))?.sum(2)?.sum(0)?.to_dtype(bias.dtype())?)
+            Some(super::sum_along(&dx, self.channels, self.inner)?.to_dtype(bias.dtype())?)
         } else {
             None
         };
         Ok((Some(dx), dbias))
     }
+}
+
+/// `grad · gelu_erf'(x + bias)`, the gradient of [`bias_gelu`] in `x` (and, summed along `dim`,
+/// in `bias`), with no graph; `x` and `grad` contiguous, of one shape.
+pub(crate) fn bias_gelu_dx(x: &Tensor, bias: &Tensor, grad: &Tensor, dim: usize) -> Result<Tensor> {
+    let dims = x.dims();
+    let op = BiasGelu { channels: dims[dim], inner: dims[dim + 1..].iter().product() };
+    x.apply_op3_no_bwd(bias, grad, &BiasGeluBwd(op))
 }
 
 /// `dx = grad · gelu_erf'(x + bias)` from `(x, bias, grad)`.

@@ -154,6 +154,21 @@ __device__ void bias_gelu_bwd(const T *x, const T *bias, const T *g, T *dx, uint
   }
 }
 
+// out = a + m - minus + bias[i % d]; `minus` and `bias` are read only when their flag is set (the
+// caller passes `a` in their place otherwise).
+template <typename T>
+__device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bias, T *out, uint64_t n,
+                             int d, int has_minus, int has_bias) {
+  typedef typename Acc<T>::type A;
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+       i += (uint64_t)gridDim.x * blockDim.x) {
+    A v = ld(a[i]) + ld(m[i]);
+    if (has_minus) v -= ld(minus[i]);
+    if (has_bias) v += ld(bias[i % d]);
+    st(&out[i], v);
+  }
+}
+
 #define LOSA_OPS(T, S)                                                                              \
   extern "C" __global__ void layer_norm_fwd_##S(const T *x, const T *w, const T *b, T *y, int d,     \
                                                 double eps) {                                      \
@@ -175,6 +190,11 @@ __device__ void bias_gelu_bwd(const T *x, const T *bias, const T *g, T *dx, uint
   extern "C" __global__ void bias_gelu_bwd_##S(const T *x, const T *bias, const T *g, T *dx,        \
                                                uint64_t n, int channels, int inner) {              \
     bias_gelu_bwd<T>(x, bias, g, dx, n, channels, inner);                                          \
+  }                                                                                                \
+  extern "C" __global__ void residual_fwd_##S(const T *a, const T *m, const T *minus,              \
+                                              const T *bias, T *out, uint64_t n, int d,            \
+                                              int has_minus, int has_bias) {                       \
+    residual_fwd<T>(a, m, minus, bias, out, n, d, has_minus, has_bias);                            \
   }
 
 LOSA_OPS(float, f32)

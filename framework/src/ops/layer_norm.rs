@@ -104,15 +104,27 @@ impl CustomOp3 for Fwd {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = x.apply_op3_no_bwd(weight, &grad, &BwdX { eps: self.eps })?;
+        let dx = layer_norm_dx(x, weight, &grad, self.eps)?;
         if !weight.track_op() && !bias.track_op() {
             // A frozen norm (LoSA's head reads the backbone's final norm): skip the reduction.
             return Ok((Some(dx), None, None));
         }
-        let sums =
-            x.apply_op2_no_bwd(&grad, &BwdParams { eps: self.eps })?.sum(0)?.to_dtype(weight.dtype())?;
-        Ok((Some(dx), Some(sums.get(0)?), Some(sums.get(1)?)))
+        let (dw, db) = layer_norm_dparams(x, &grad, self.eps)?;
+        Ok((Some(dx), Some(dw.to_dtype(weight.dtype())?), Some(db.to_dtype(bias.dtype())?)))
     }
+}
+
+/// The input gradient of the norm at `x` (contiguous) for the output gradient `grad` (contiguous),
+/// with no graph: one pass per row.
+pub(crate) fn layer_norm_dx(x: &Tensor, weight: &Tensor, grad: &Tensor, eps: f64) -> Result<Tensor> {
+    x.apply_op3_no_bwd(weight, grad, &BwdX { eps })
+}
+
+/// The scale and shift gradients `(Σ g·x̂, Σ g)` over the rows, in the accumulation dtype (f32, or
+/// f64 for f64), with no graph.
+pub(crate) fn layer_norm_dparams(x: &Tensor, grad: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let sums = x.apply_op2_no_bwd(grad, &BwdParams { eps })?.sum(0)?;
+    Ok((sums.get(0)?, sums.get(1)?))
 }
 
 /// `dx` from `(x, weight, grad)`.

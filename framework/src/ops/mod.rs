@@ -16,13 +16,21 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod layer_norm;
+mod residual;
+mod side;
+#[cfg(test)]
+mod side_tests;
 #[cfg(test)]
 mod tests;
 
 pub use bias_gelu::bias_gelu;
 pub use layer_norm::layer_norm;
+pub use residual::residual;
+pub use side::{LowRankMix, side_update};
 
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Result, Tensor};
 
 static POISON: AtomicBool = AtomicBool::new(false);
 
@@ -36,4 +44,17 @@ pub fn poison_outputs(on: bool) {
 #[cfg(feature = "cuda")]
 fn poisoning() -> bool {
     POISON.load(Ordering::Relaxed)
+}
+
+/// `t` viewed as `[outer, channels, inner]`, summed over `outer` and `inner`: the gradient of a
+/// bias added along `channels`. Half types are summed in f32 (candle's CPU sum accumulates in the
+/// tensor's dtype, and a bf16 sum over batch × tokens elements loses most of its digits), so the
+/// result is in the accumulation dtype.
+pub(crate) fn sum_along(t: &Tensor, channels: usize, inner: usize) -> Result<Tensor> {
+    let wide = match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
+        _ => t.clone(),
+    };
+    let outer = t.elem_count() / (channels * inner).max(1);
+    wide.reshape((outer, channels, inner))?.sum(2)?.sum(0)
 }

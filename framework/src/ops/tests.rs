@@ -7,7 +7,7 @@ use super::{bias_gelu, layer_norm};
 use crate::vit::seeded_normal;
 
 /// The composition `Grad::Through` used before the fused op.
-fn layer_norm_unfused(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+pub(super) fn layer_norm_unfused(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -22,17 +22,17 @@ fn bias_gelu_unfused(x: &Tensor, bias: &Tensor, dim: usize) -> Result<Tensor> {
     x.broadcast_add(&bias.reshape(shape)?)?.gelu_erf()
 }
 
-fn normal(shape: &[usize], std: f64, seed: u64) -> Tensor {
+pub(super) fn normal(shape: &[usize], std: f64, seed: u64) -> Tensor {
     seeded_normal(shape, std, seed, &Device::Cpu).unwrap()
 }
 
-fn values(t: &Tensor) -> Vec<f64> {
+pub(super) fn values(t: &Tensor) -> Vec<f64> {
     t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
 }
 
 /// Largest |a − b| / (|b| + floor · max |b|) over the elements, which all must be finite: the
 /// relative error, with a floor relative to the tensor's scale for elements near zero.
-fn max_rel_err(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
+pub(super) fn max_rel_err(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
     assert_eq!(a.dims(), b.dims());
     let (a, b) = (values(a), values(b));
     let scale = b.iter().fold(0.0f64, |m, y| m.max(y.abs())) * floor + 1e-300;
@@ -54,7 +54,11 @@ fn ln_inputs() -> (Tensor, Tensor, Tensor) {
 }
 
 /// Gradients of `sum(f(inputs) · probe)` for each input, as f64.
-fn grads_of(inputs: &[Tensor], probe: &Tensor, f: impl Fn(&[Tensor]) -> Result<Tensor>) -> Vec<Tensor> {
+pub(super) fn grads_of(
+    inputs: &[Tensor],
+    probe: &Tensor,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Vec<Tensor> {
     let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let probe = probe.to_dtype(ts[0].dtype()).unwrap();
@@ -64,7 +68,7 @@ fn grads_of(inputs: &[Tensor], probe: &Tensor, f: impl Fn(&[Tensor]) -> Result<T
 
 /// Tolerance of each dtype against the f64 result: relative error, and the floor (a fraction of
 /// the largest reference value) for elements near zero.
-fn tolerance(dtype: DType) -> (f64, f64) {
+pub(super) fn tolerance(dtype: DType) -> (f64, f64) {
     match dtype {
         DType::F64 => (1e-10, 1e-6),
         DType::F32 => (1e-4, 1e-3),
@@ -136,7 +140,11 @@ fn a_frozen_layer_norm_passes_gradients_to_its_input_only() {
 }
 
 /// Central differences of `sum(f(inputs) · probe)` at a few elements of every input.
-fn check_finite_differences(inputs: &[Tensor], probe: &Tensor, f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+pub(super) fn check_finite_differences(
+    inputs: &[Tensor],
+    probe: &Tensor,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
     let analytic = grads_of(inputs, probe, &f);
     let loss =
         |ts: &[Tensor]| (f(ts).unwrap() * probe).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();

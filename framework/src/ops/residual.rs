@@ -1,0 +1,124 @@
+//! `a + m − minus + bias`: a residual addition with its optional bias and subtraction in one pass
+//! (candle: one pass per term, each writing a full tensor). No graph: LoSA's side network
+//! (`ops::side`) routes its gradient itself, which is also why the kernel is reachable at the
+//! storage level ([`residual_storage`]), from inside another op's forward.
+
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, D, DType, Layout, Result, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+use super::cpu::{Elem, slice};
+
+const NAME: &str = "residual";
+
+/// `a + m − minus + bias`, `bias` ([d]) along the last dimension d; `a`, `m` and `minus` of one
+/// shape. Has no backward: an input that needs a gradient is an error, not a silent zero.
+pub fn residual(a: &Tensor, m: &Tensor, minus: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
+    if [Some(a), Some(m), minus, bias].into_iter().flatten().any(Tensor::track_op) {
+        bail!("{NAME}: has no backward, but an input needs a gradient");
+    }
+    let (storage, shape) = residual_storage(a, m, minus, bias)?;
+    Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
+}
+
+/// [`residual`]'s kernel: the output storage and its shape, on the inputs' device.
+pub(crate) fn residual_storage(
+    a: &Tensor,
+    m: &Tensor,
+    minus: Option<&Tensor>,
+    bias: Option<&Tensor>,
+) -> Result<(Storage, Shape)> {
+    let d = a.dim(D::Minus1)?;
+    for t in [Some(m), minus].into_iter().flatten() {
+        if t.dims() != a.dims() {
+            bail!("{NAME}: shapes {:?} and {:?} differ", a.dims(), t.dims());
+        }
+    }
+    if let Some(bias) = bias
+        && bias.dims() != [d]
+    {
+        bail!("{NAME}: bias {:?} does not fit the last dimension of {:?}", bias.dims(), a.dims());
+    }
+    if [Some(m), minus, bias].into_iter().flatten().any(|t| t.dtype() != a.dtype()) {
+        bail!("{NAME}: inputs of different dtypes");
+    }
+    let contiguous = |t: Option<&Tensor>| t.map(Tensor::contiguous).transpose();
+    let (a, m, minus, bias) = (a.contiguous()?, m.contiguous()?, contiguous(minus)?, contiguous(bias)?);
+    let shape = a.shape().clone();
+    let (sa, la) = a.storage_and_layout();
+    let (sm, lm) = m.storage_and_layout();
+    let minus = minus.as_ref().map(Tensor::storage_and_layout);
+    let bias = bias.as_ref().map(Tensor::storage_and_layout);
+    let minus = minus.as_ref().map(|(s, l)| (&**s, *l));
+    let bias = bias.as_ref().map(|(s, l)| (&**s, *l));
+    match (&*sa, &*sm) {
+        (Storage::Cpu(sa), Storage::Cpu(sm)) => {
+            fn cpu<'a>(s: Option<(&'a Storage, &'a Layout)>) -> Result<Option<In<'a>>> {
+                match s {
+                    None => Ok(None),
+                    Some((Storage::Cpu(s), l)) => Ok(Some((s, l))),
+                    Some(_) => bail!("{NAME}: inputs on different devices"),
+                }
+            }
+            let inputs = ((sa, la), (sm, lm), cpu(minus)?, cpu(bias)?);
+            let out = match a.dtype() {
+                DType::F32 => fwd_cpu::<f32>(inputs, d)?,
+                DType::F64 => fwd_cpu::<f64>(inputs, d)?,
+                DType::F16 => fwd_cpu::<half::f16>(inputs, d)?,
+                DType::BF16 => fwd_cpu::<half::bf16>(inputs, d)?,
+                other => bail!("{NAME}: no kernel for {other:?}"),
+            };
+            Ok((Storage::Cpu(out), shape))
+        }
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(sa), Storage::Cuda(sm)) => {
+            type CudaIn<'a> = (&'a candle_core::CudaStorage, &'a Layout);
+            fn cuda<'a>(s: Option<(&'a Storage, &'a Layout)>) -> Result<Option<CudaIn<'a>>> {
+                match s {
+                    None => Ok(None),
+                    Some((Storage::Cuda(s), l)) => Ok(Some((s, l))),
+                    Some(_) => bail!("{NAME}: inputs on different devices"),
+                }
+            }
+            let out = super::cuda::residual((sa, la), (sm, lm), cuda(minus)?, cuda(bias)?, d)?;
+            Ok((Storage::Cuda(out), shape))
+        }
+        _ => bail!("{NAME}: no kernel for this device, or inputs on different devices"),
+    }
+}
+
+type In<'a> = (&'a CpuStorage, &'a Layout);
+
+fn fwd_cpu<T: Elem>((a, m, minus, bias): (In, In, Option<In>, Option<In>), d: usize) -> Result<CpuStorage> {
+    fn get<'a, T: Elem>((s, l): In<'a>) -> Result<&'a [T]> {
+        slice(s.as_slice::<T>()?, l, NAME)
+    }
+    let (a, m) = (get::<T>(a)?, get::<T>(m)?);
+    let minus = minus.map(get::<T>).transpose()?;
+    let bias = bias.map(get::<T>).transpose()?;
+    let mut out = vec![T::store(<T::A as super::cpu::Acc>::ZERO); a.len()];
+    if d > 0 {
+        // One row per task; each variant's loop has no branch inside, so it vectorises.
+        out.par_chunks_mut(d).enumerate().with_min_len(16).for_each(|(r, o)| {
+            let range = r * d..(r + 1) * d;
+            let (a, m) = (&a[range.clone()], &m[range.clone()]);
+            match (minus.map(|s| &s[range]), bias) {
+                (None, None) => o.iter_mut().zip(a.iter().zip(m)).for_each(|(o, (a, m))| {
+                    *o = T::store(a.load() + m.load());
+                }),
+                (None, Some(b)) => o.iter_mut().zip(a.iter().zip(m).zip(b)).for_each(|(o, ((a, m), b))| {
+                    *o = T::store(a.load() + m.load() + b.load());
+                }),
+                (Some(s), None) => o.iter_mut().zip(a.iter().zip(m).zip(s)).for_each(|(o, ((a, m), s))| {
+                    *o = T::store(a.load() + m.load() - s.load());
+                }),
+                (Some(s), Some(b)) => {
+                    o.iter_mut().zip(a.iter().zip(m).zip(s).zip(b)).for_each(|(o, (((a, m), s), b))| {
+                        *o = T::store(a.load() + m.load() - s.load() + b.load());
+                    })
+                }
+            }
+        });
+    }
+    Ok(T::to_cpu_storage_owned(out))
+}

@@ -1,0 +1,289 @@
+//! One block of LoSA's side network, `y + g(b + y)`, as a single differentiable op.
+//!
+//! `g` is a chain of low-rank mixers: `h = z = b + y`, then for each mixer
+//! `h = h + Up(act(Down(LN(h)) + bd)) + bu`, and `g = h − z` (so `y + g = h − b`). Built from candle
+//! ops this is about twelve graph nodes per mixer, and candle's backward gives every input of
+//! every node a fresh zero tensor and adds the node's gradient into it (`GradStore::or_insert`),
+//! even for inputs that need none, such as the backbone's features `b`: some fifteen full-size
+//! `[batch, tokens, width]` tensors written and read again per block for bookkeeping alone.
+//!
+//! Here the forward runs without a graph — matmuls on candle's matmul (gemm / cuBLAS); norm,
+//! bias + GELU and the residual sums on this module's kernels, one pass each — and one graph node
+//! with the hand-written backward below carries the gradient to `y` and to the parameters, which
+//! enter that node concatenated into one tensor (a node has at most three inputs; the concatenation
+//! is a few thousand elements). It keeps each mixer's input `h` and its rank-sized
+//! pre-activation and activation; the normed input is recomputed in the backward (one pass over `h`) instead of
+//! kept, which saves one full-size tensor per mixer.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
+
+use super::bias_gelu::bias_gelu_dx;
+use super::layer_norm::{layer_norm_dparams, layer_norm_dx};
+use super::residual::{residual, residual_storage};
+use super::{bias_gelu, layer_norm, sum_along};
+use crate::recipe::Mixer;
+
+/// One low-rank mixer, as [`side_update`] runs it (activation: GELU).
+#[derive(Debug, Clone)]
+pub struct LowRankMix {
+    /// Which axis it mixes: the width (channel) or the tokens (token).
+    pub axis: Mixer,
+    /// LayerNorm scale and shift over the width, if the mixer normalises its input.
+    pub norm: Option<(Tensor, Tensor)>,
+    /// `[rank, size]`, size the width (channel) or the number of tokens (token).
+    pub down: Tensor,
+    /// `[rank]`.
+    pub down_bias: Tensor,
+    /// `[size, rank]`.
+    pub up: Tensor,
+    /// `[size]`, if any.
+    pub up_bias: Option<Tensor>,
+    /// A dropout mask on the activation (zeros and 1/(1 − p)), shaped like it: `[batch, tokens,
+    /// rank]` (channel) or `[batch, rank, width]` (token).
+    pub mask: Option<Tensor>,
+}
+
+impl LowRankMix {
+    /// Its parameters in a fixed order: norm scale and shift, down, down bias, up, up bias.
+    fn params(&self) -> Vec<&Tensor> {
+        let norm = self.norm.iter().flat_map(|(w, b)| [w, b]);
+        norm.chain([&self.down, &self.down_bias, &self.up]).chain(&self.up_bias).collect()
+    }
+
+    /// A copy that builds no graph.
+    fn detached(&self) -> Self {
+        let d = |t: &Tensor| t.detach();
+        Self {
+            axis: self.axis,
+            norm: self.norm.as_ref().map(|(w, b)| (d(w), d(b))),
+            down: d(&self.down),
+            down_bias: d(&self.down_bias),
+            up: d(&self.up),
+            up_bias: self.up_bias.as_ref().map(d),
+            mask: self.mask.as_ref().map(d),
+        }
+    }
+
+    /// `LN(h)`, or `h` with no norm.
+    fn normed(&self, h: &Tensor, eps: f64) -> Result<Tensor> {
+        match &self.norm {
+            Some((w, b)) => layer_norm(h, w, b, eps),
+            None => Ok(h.clone()),
+        }
+    }
+
+    /// `Down(x)` before its bias: `x·Wdᵀ` [batch, tokens, rank] or `Wd·x` [batch, rank, width].
+    fn down(&self, x: &Tensor) -> Result<Tensor> {
+        match self.axis {
+            Mixer::Channel => x.broadcast_matmul(&self.down.t()?),
+            Mixer::Token => self.down.broadcast_matmul(x),
+        }
+    }
+
+    /// The dimension of the pre-activation that the down bias runs along.
+    fn rank_dim(&self) -> usize {
+        match self.axis {
+            Mixer::Channel => 2,
+            Mixer::Token => 1,
+        }
+    }
+
+    /// `act(pre + bd)`, dropped out.
+    fn activation(&self, pre: &Tensor) -> Result<Tensor> {
+        let a = bias_gelu(pre, &self.down_bias, self.rank_dim())?;
+        match &self.mask {
+            Some(mask) => a * mask,
+            None => Ok(a),
+        }
+    }
+
+    /// `Up(a)` before its bias: `a·Wuᵀ` or `Wu·a`, [batch, tokens, width].
+    fn up(&self, a: &Tensor) -> Result<Tensor> {
+        match self.axis {
+            Mixer::Channel => a.broadcast_matmul(&self.up.t()?),
+            Mixer::Token => self.up.broadcast_matmul(a),
+        }
+    }
+}
+
+/// `y + g(b + y)` for the mixers in order (see the module docs), differentiable in `y` and in
+/// every mixer's parameters, never in `b` (the frozen backbone's block output). `b` and `y` are
+/// `[batch, tokens, width]`; all tensors of one dtype and device.
+pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> Result<Tensor> {
+    if mixers.is_empty() {
+        bail!("side_update: no mixers");
+    }
+    if b.dims() != y.dims() || b.rank() != 3 {
+        bail!(
+            "side_update: features {:?} and stream {:?} must be one [batch, tokens, width]",
+            b.dims(),
+            y.dims()
+        );
+    }
+    let params: Vec<Tensor> =
+        mixers.iter().flat_map(LowRankMix::params).map(Tensor::flatten_all).collect::<Result<_>>()?;
+    let packed = Tensor::cat(&params, 0)?;
+    let mixers: Vec<LowRankMix> = mixers.iter().map(LowRankMix::detached).collect();
+    let features = b.detach().contiguous()?;
+    let mut h = residual(&features, &y.detach(), None, None)?;
+    let (mut inputs, mut pres, mut acts, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);
+    for (k, mix) in mixers.iter().enumerate() {
+        let pre = mix.down(&mix.normed(&h, eps)?)?;
+        let a = mix.activation(&pre)?;
+        let m = mix.up(&a)?;
+        inputs.push(h.clone());
+        pres.push(pre);
+        acts.push(a);
+        if k + 1 < mixers.len() {
+            h = residual(&h, &m, None, mix.up_bias.as_ref())?;
+        } else {
+            last = Some(m);
+        }
+    }
+    let op = SideUpdate { mixers, inputs, pres, acts, features, last: Mutex::new(last), eps };
+    y.apply_op2(&packed, op)
+}
+
+/// The graph node of one [`side_update`]: its inputs are `y` and the packed parameters; its
+/// forward writes `h_{K−1} + m_K + bu_K − b` (the last mixer's residual, with `−z + y` folded in).
+struct SideUpdate {
+    /// The mixers, detached.
+    mixers: Vec<LowRankMix>,
+    /// Each mixer's input `h_k` (`h_0 = z`).
+    inputs: Vec<Tensor>,
+    /// Each mixer's pre-activation `Down(LN(h_k))` without its bias (rank-sized).
+    pres: Vec<Tensor>,
+    /// Each mixer's activation, dropped out (rank-sized; kept, as recomputing it costs an erf per
+    /// element, which dominates the element-wise work on the CPU).
+    acts: Vec<Tensor>,
+    /// `b`, detached and contiguous.
+    features: Tensor,
+    /// The last mixer's `Up(..)`, until the forward consumes it.
+    last: Mutex<Option<Tensor>>,
+    eps: f64,
+}
+
+impl SideUpdate {
+    fn output(&self) -> Result<(Storage, Shape)> {
+        let m = self.last.lock().ok().and_then(|mut m| m.take());
+        let (Some(m), Some(h), Some(mix)) = (m, self.inputs.last(), self.mixers.last()) else {
+            bail!("side_update: forward ran twice");
+        };
+        residual_storage(h, &m, Some(&self.features), mix.up_bias.as_ref())
+    }
+
+    /// The gradients of mixer `k`'s parameters (in [`LowRankMix::params`] order, in the
+    /// accumulation dtype) and of its input `h_k` through the mixer, for `dm`, the gradient of its
+    /// output `Up(..) + bu`.
+    fn mixer_grads(&self, k: usize, dm: &Tensor) -> Result<(Vec<Tensor>, Tensor)> {
+        let (mix, h, pre, a) = (&self.mixers[k], &self.inputs[k], &self.pres[k], &self.acts[k]);
+        let x = mix.normed(h, self.eps)?;
+        let (batch, tokens, width) = dm.dims3()?;
+        let rank = mix.down.dim(0)?;
+        let mut grads = Vec::new();
+        let dx = match mix.axis {
+            // m = a·Wuᵀ over rows r = (batch, token): dWu = dmᵀ·a, da = dm·Wu, dWd = dpreᵀ·x,
+            // dx = dpre·Wd, as [rows, ·] matrices.
+            Mixer::Channel => {
+                let rows = batch * tokens;
+                let dm2 = dm.reshape((rows, width))?;
+                let d_up = dm2.t()?.matmul(&a.reshape((rows, rank))?)?;
+                let mut da = dm2.matmul(&mix.up)?;
+                if let Some(mask) = &mix.mask {
+                    da = (da * mask.reshape((rows, rank))?)?;
+                }
+                let dpre = bias_gelu_dx(&pre.reshape((rows, rank))?, &mix.down_bias, &da, 1)?;
+                let d_down = dpre.t()?.matmul(&x.reshape((rows, width))?)?;
+                grads.extend([d_down, sum_along(&dpre, rank, 1)?, d_up]);
+                dpre.matmul(&mix.down)?.reshape((batch, tokens, width))?
+            }
+            // m = Wu·a per image: dWu = Σ dm·aᵀ, da = Wuᵀ·dm, dWd = Σ dpre·xᵀ, dx = Wdᵀ·dpre.
+            Mixer::Token => {
+                let per_image = |t: Tensor| sum_along(&t, t.elem_count() / batch, 1);
+                let d_up = per_image(dm.matmul(&a.transpose(1, 2)?)?)?.reshape((tokens, rank))?;
+                let mut da = mix.up.t()?.broadcast_matmul(dm)?;
+                if let Some(mask) = &mix.mask {
+                    da = (da * mask)?;
+                }
+                let dpre = bias_gelu_dx(pre, &mix.down_bias, &da, 1)?;
+                let d_down = per_image(dpre.matmul(&x.transpose(1, 2)?)?)?.reshape((rank, tokens))?;
+                grads.extend([d_down, sum_along(&dpre, rank, width)?, d_up]);
+                mix.down.t()?.broadcast_matmul(&dpre)?
+            }
+        };
+        if mix.up_bias.is_some() {
+            grads.push(sum_along(dm, width, 1)?);
+        }
+        let dh = match &mix.norm {
+            Some((w, _)) => {
+                let (dw, db) = layer_norm_dparams(h, &dx, self.eps)?;
+                grads.splice(0..0, [dw, db]);
+                layer_norm_dx(h, w, &dx, self.eps)?
+            }
+            None => dx,
+        };
+        Ok((grads, dh))
+    }
+}
+
+impl CustomOp2 for SideUpdate {
+    fn name(&self) -> &'static str {
+        "losa-side-update"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        match self.output()? {
+            (Storage::Cpu(s), shape) => Ok((s, shape)),
+            _ => bail!("side_update: features and stream on different devices"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        match self.output()? {
+            (Storage::Cuda(s), shape) => Ok((s, shape)),
+            _ => bail!("side_update: features and stream on different devices"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        packed: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // dL/dh_K = grad; h_{k+1} = h_k + m_k + bu_k, so dL/dh_k = dL/dh_{k+1} + (through mixer k);
+        // and z = b + y gives dL/dy = dL/dh_0.
+        let mut dh = grad.contiguous()?;
+        let mut per_mixer = Vec::with_capacity(self.mixers.len());
+        for k in (0..self.mixers.len()).rev() {
+            let (grads, through) = self.mixer_grads(k, &dh)?;
+            per_mixer.push(grads);
+            if k > 0 || y.track_op() {
+                dh = (dh + through)?;
+            }
+        }
+        let dy = y.track_op().then_some(dh);
+        let dpacked = if packed.track_op() {
+            let flat = per_mixer
+                .into_iter()
+                .rev()
+                .flatten()
+                .map(|g| g.to_dtype(packed.dtype())?.flatten_all())
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&flat, 0)?)
+        } else {
+            None
+        };
+        Ok((dy, dpacked))
+    }
+}

@@ -1,0 +1,227 @@
+//! `residual` and `side_update` against their compositions from candle ops (values and gradients,
+//! every dtype), and `side_update`'s gradients against finite differences in f64.
+
+use candle_core::{DType, Result, Tensor, Var};
+
+use super::tests::{
+    check_finite_differences, grads_of, layer_norm_unfused, max_rel_err, normal, tolerance, values,
+};
+use super::{LowRankMix, bias_gelu, residual, side_update};
+use crate::recipe::Mixer;
+
+const DTYPES: [DType; 4] = [DType::F64, DType::F32, DType::F16, DType::BF16];
+const EPS: f64 = 1e-6;
+/// [batch, tokens, width] and the channel and token ranks.
+const SHAPE: [usize; 3] = [2, 5, 8];
+const RANKS: (usize, usize) = (3, 2);
+
+#[test]
+fn residual_matches_the_composition_in_every_dtype() {
+    let [a, m, minus] = [1, 2, 3].map(|seed| normal(&SHAPE, 1.0, seed));
+    let bias = normal(&[8], 1.0, 4);
+    for (with_minus, with_bias) in [(false, false), (true, false), (false, true), (true, true)] {
+        let mut reference = (&a + &m).unwrap();
+        if with_minus {
+            reference = (reference - &minus).unwrap();
+        }
+        if with_bias {
+            reference = reference.broadcast_add(&bias).unwrap();
+        }
+        for dtype in DTYPES {
+            let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let (minus, bias) = (c(&minus), c(&bias));
+            let out =
+                residual(&c(&a), &c(&m), with_minus.then_some(&minus), with_bias.then_some(&bias)).unwrap();
+            let (tol, floor) = tolerance(dtype);
+            let err = max_rel_err(&out, &reference, floor);
+            assert!(err < tol, "{dtype:?} minus={with_minus} bias={with_bias}: {err:e}");
+        }
+    }
+    // Strided inputs are read through their layout.
+    let t = normal(&[2, 8, 5], 1.0, 5).transpose(1, 2).unwrap();
+    let out = residual(&t, &m, None, None).unwrap();
+    assert!(max_rel_err(&out, &(&t + &m).unwrap(), 1e-6) < 1e-12);
+}
+
+#[test]
+fn residual_refuses_an_input_that_needs_a_gradient() {
+    let v = Var::from_tensor(&normal(&SHAPE, 1.0, 1)).unwrap();
+    let err = residual(v.as_tensor(), &normal(&SHAPE, 1.0, 2), None, None).unwrap_err().to_string();
+    assert!(err.contains("has no backward"), "{err}");
+}
+
+/// A side block to test: its mixers in order, whether they normalise, whether dropout masks apply.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    axes: &'static [Mixer],
+    norm: bool,
+    masks: bool,
+}
+
+const CASES: [Case; 5] = [
+    Case { axes: &[Mixer::Channel, Mixer::Token], norm: true, masks: false },
+    Case { axes: &[Mixer::Token, Mixer::Channel], norm: true, masks: true },
+    Case { axes: &[Mixer::Channel], norm: false, masks: true },
+    Case { axes: &[Mixer::Token], norm: true, masks: false },
+    Case { axes: &[Mixer::Channel, Mixer::Token, Mixer::Channel], norm: false, masks: false },
+];
+
+impl Case {
+    /// `y`, then every mixer's parameters in `LowRankMix` order (random, up-projections non-zero
+    /// so every path carries a gradient), all f64.
+    fn inputs(&self) -> Vec<Tensor> {
+        let [_, n, d] = SHAPE;
+        let mut seed = 100;
+        let mut next = |shape: &[usize], std: f64, mean: f64| {
+            seed += 1;
+            (normal(shape, std, seed) + mean).unwrap()
+        };
+        let mut ts = vec![next(&SHAPE, 1.0, 0.2)];
+        for axis in self.axes {
+            let (size, rank) = match axis {
+                Mixer::Channel => (d, RANKS.0),
+                Mixer::Token => (n, RANKS.1),
+            };
+            if self.norm {
+                ts.extend([next(&[d], 0.3, 1.0), next(&[d], 0.3, 0.0)]);
+            }
+            ts.extend([
+                next(&[rank, size], 0.5, 0.0),
+                next(&[rank], 0.5, 0.0),
+                next(&[size, rank], 0.5, 0.0),
+            ]);
+            if *axis == Mixer::Channel {
+                ts.push(next(&[size], 0.5, 0.0));
+            }
+        }
+        ts
+    }
+
+    /// The mixers from `params` (as `inputs` lays them out, `y` excluded), with fixed masks.
+    fn mixes(&self, params: &[Tensor]) -> Vec<LowRankMix> {
+        let [b, n, d] = SHAPE;
+        let mut it = params.iter().cloned();
+        let mut take = || it.next().expect("enough parameters");
+        self.axes
+            .iter()
+            .enumerate()
+            .map(|(k, &axis)| {
+                let norm = self.norm.then(|| (take(), take()));
+                let (down, down_bias, up) = (take(), take(), take());
+                let up_bias = (axis == Mixer::Channel).then(&mut take);
+                let shape: &[usize] = match axis {
+                    Mixer::Channel => &[b, n, RANKS.0],
+                    Mixer::Token => &[b, RANKS.1, d],
+                };
+                // Zeros and 1/(1 − 0.4), as dropout with p = 0.4 draws them.
+                let mask = self.masks.then(|| {
+                    let u = normal(shape, 1.0, 50 + k as u64);
+                    (u.ge(-0.25).unwrap().to_dtype(down.dtype()).unwrap() / 0.6).unwrap()
+                });
+                LowRankMix { axis, norm, down, down_bias, up, up_bias, mask }
+            })
+            .collect()
+    }
+}
+
+/// `y + g(b + y)` composed from candle ops, as LoSA's `mix` composes it, with this module's bias +
+/// GELU (tested on its own against finite differences): candle's own `gelu_erf` gradient uses a
+/// 6-digit constant, which would put a 1e-6 error into the f64 reference.
+fn side_unfused(b: &Tensor, y: &Tensor, mixes: &[LowRankMix]) -> Result<Tensor> {
+    let z = (b + y)?;
+    let mut h = z.clone();
+    for mix in mixes {
+        let x = match &mix.norm {
+            Some((w, bn)) => layer_norm_unfused(&h, w, bn, EPS)?,
+            None => h.clone(),
+        };
+        let (pre, dim) = match mix.axis {
+            Mixer::Channel => (x.broadcast_matmul(&mix.down.t()?)?, 2),
+            Mixer::Token => (mix.down.broadcast_matmul(&x)?, 1),
+        };
+        let mut a = bias_gelu(&pre, &mix.down_bias, dim)?;
+        if let Some(mask) = &mix.mask {
+            a = (a * mask)?;
+        }
+        let m = match mix.axis {
+            Mixer::Channel => a.broadcast_matmul(&mix.up.t()?)?,
+            Mixer::Token => mix.up.broadcast_matmul(&a)?,
+        };
+        h = match &mix.up_bias {
+            Some(bias) => (h + m.broadcast_add(bias)?)?,
+            None => (h + m)?,
+        };
+    }
+    y + (h - z)?
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn norm_err(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (values(a), values(b));
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
+    (diff / b.iter().map(|y| y * y).sum::<f64>()).sqrt()
+}
+
+fn features(dtype: DType) -> Tensor {
+    (normal(&SHAPE, 1.0, 7) - 0.3).unwrap().to_dtype(dtype).unwrap()
+}
+
+#[test]
+fn side_update_matches_the_composition_in_values_and_gradients_in_every_dtype() {
+    let probe = normal(&SHAPE, 1.0, 9);
+    for case in CASES {
+        let inputs = case.inputs();
+        let reference_out =
+            side_unfused(&features(DType::F64), &inputs[0], &case.mixes(&inputs[1..])).unwrap();
+        let reference =
+            grads_of(&inputs, &probe, |t| side_unfused(&features(DType::F64), &t[0], &case.mixes(&t[1..])));
+        for dtype in DTYPES {
+            let cast: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(dtype).unwrap()).collect();
+            let (tol, floor) = tolerance(dtype);
+            let out = side_update(&features(dtype), &cast[0], &case.mixes(&cast[1..]), EPS).unwrap();
+            let err = max_rel_err(&out, &reference_out, floor);
+            assert!(err < tol, "{case:?} {dtype:?}: output {err:e}");
+            let grads =
+                grads_of(&cast, &probe, |t| side_update(&features(dtype), &t[0], &case.mixes(&t[1..]), EPS));
+            // Gradients are sums over rows: compared as vectors (an element that cancels to near
+            // zero says little), within the dtype's tolerance and at most three times as far off as the
+            // composition in the same dtype, which rounds as often.
+            let composed =
+                grads_of(&cast, &probe, |t| side_unfused(&features(dtype), &t[0], &case.mixes(&t[1..])));
+            for (k, ((g, c), r)) in grads.iter().zip(&composed).zip(&reference).enumerate() {
+                let (err, yardstick) = (norm_err(g, r), norm_err(c, r));
+                assert!(
+                    err < tol && err < 3.0 * yardstick.max(tol / 10.0),
+                    "{case:?} {dtype:?}: gradient of input {k} {err:e} (composed {yardstick:e})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn side_update_gradients_match_finite_differences() {
+    let probe = normal(&SHAPE, 1.0, 11);
+    for case in [CASES[1], CASES[2], CASES[4]] {
+        check_finite_differences(&case.inputs(), &probe, |t| {
+            side_update(&features(DType::F64), &t[0], &case.mixes(&t[1..]), EPS)
+        });
+    }
+}
+
+#[test]
+fn side_update_gives_no_gradient_to_the_features_and_none_to_an_untracked_stream() {
+    let case = CASES[0];
+    let inputs = case.inputs();
+    let b = Var::from_tensor(&features(DType::F64)).unwrap();
+    let params: Vec<Var> = inputs[1..].iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<Tensor> = params.iter().map(|v| v.as_tensor().clone()).collect();
+    // The first block's stream is the backbone's last block output: detached, like b.
+    let out = side_update(b.as_tensor(), &inputs[0], &case.mixes(&ts), EPS).unwrap();
+    let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(b.as_tensor()).is_none(), "a gradient reached the features");
+    assert!(grads.get(&inputs[0]).is_none());
+    for v in &params {
+        assert!(grads.get(v.as_tensor()).is_some(), "a parameter got no gradient");
+    }
+}
