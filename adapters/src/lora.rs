@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse};
 use losa_framework::recipe::{LoraConfig, LoraTarget};
-use losa_framework::vit::{Grad, Hooks, LinearSite, Vit};
+use losa_framework::vit::{Hooks, LinearSite, Vit};
 
 use crate::common::{Dropout, Head, Init};
 
@@ -216,7 +216,7 @@ impl Adaptation for Lora {
     }
 
     fn forward(&self, vit: &Vit, images: &Tensor, train: bool) -> Result<Tensor> {
-        let tokens = vit.forward(images, &self.hooks(train), Grad::Through, false)?.tokens;
+        let tokens = vit.forward(images, &self.hooks(train), false)?.tokens;
         self.head.forward(vit, &tokens)
     }
 }

@@ -20,7 +20,7 @@ use candle_core::{Result, Shape, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse, Taps, compute_taps};
 use losa_framework::ops;
 use losa_framework::recipe::{Activation, LosaConfig, Mixer, MixerNorm};
-use losa_framework::vit::{Grad, LayerNorm, Vit};
+use losa_framework::vit::{LayerNorm, Vit};
 
 use crate::common::{Dropout, Head, Init, activate};
 
@@ -92,7 +92,7 @@ impl Losa {
         for p in parts {
             let x = match &p.norm {
                 Some((w, b)) => LayerNorm { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), eps }
-                    .forward(&h, Grad::Through)?,
+                    .forward(&h)?,
                 None => h.clone(),
             };
             let (down, up) = (p.down.as_tensor(), p.up.as_tensor());
@@ -246,6 +246,6 @@ impl Losa {
             bias: vit.norm.bias.detach().to_dtype(dtype)?,
             eps: vit.norm.eps,
         };
-        self.head.forward(vit, &norm.forward(&y, Grad::Through)?)
+        self.head.forward(vit, &norm.forward(&y)?)
     }
 }

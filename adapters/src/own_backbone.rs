@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Result, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse};
-use losa_framework::vit::{Grad, NoHooks, Vit, VitConfig};
+use losa_framework::vit::{NoHooks, Vit, VitConfig};
 
 use crate::common::Head;
 
@@ -73,7 +73,7 @@ impl Adaptation for OwnBackbone {
     /// Runs its own copy of the backbone; the frozen one passed in is not used.
     fn forward(&self, _vit: &Vit, images: &Tensor, _train: bool) -> Result<Tensor> {
         let images = images.to_dtype(self.vit.pos_embed.dtype())?;
-        let tokens = self.vit.forward(&images, &NoHooks, Grad::Through, false)?.tokens;
+        let tokens = self.vit.forward(&images, &NoHooks, false)?.tokens;
         self.head.forward(&self.vit, &tokens)
     }
 }

@@ -332,10 +332,7 @@ fn a_fully_finetuned_backbone_saves_as_a_timm_checkpoint() {
     let reloaded = ckpt.into_vit(tiny_config(), &Device::Cpu, DType::F32).unwrap();
     assert_eq!(reloaded.config.num_classes, Some(3), "the trained head comes along");
     let images = seeded_normal((2, 3, 8, 8), 1.0, 9, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-    let tokens = reloaded
-        .forward(&images, &losa_framework::vit::NoHooks, losa_framework::vit::Grad::Frozen, false)
-        .unwrap()
-        .tokens;
+    let tokens = reloaded.forward(&images, &losa_framework::vit::NoHooks, false).unwrap().tokens;
     let logits = reloaded.logits(&reloaded.pool(&tokens, Pool::Token).unwrap()).unwrap().unwrap();
     let direct = method.forward(&vit, &images, false).unwrap();
     let diff = (logits - direct).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse};
 use losa_framework::recipe::{PromptInit, VptConfig, VptMode};
-use losa_framework::vit::{Grad, Hooks, Vit};
+use losa_framework::vit::{Hooks, Vit};
 
 use crate::common::{Dropout, Head, Init};
 
@@ -95,7 +95,7 @@ impl Adaptation for Vpt {
 
     fn forward(&self, vit: &Vit, images: &Tensor, train: bool) -> Result<Tensor> {
         let hooks = VptHooks { vpt: self, train };
-        let tokens = vit.forward(images, &hooks, Grad::Through, false)?.tokens;
+        let tokens = vit.forward(images, &hooks, false)?.tokens;
         self.head.forward(vit, &tokens)
     }
 }

@@ -21,6 +21,12 @@ enum Op {
     Residual,
     /// One LoSA side block (`ops::side_update`), a channel then a token mixer of this rank.
     Side(usize),
+    /// Attention's `softmax(x / 8)` (head_dim 64).
+    Softmax,
+    /// qkv bias + split into this many heads.
+    SplitHeads(usize),
+    /// `x + m + bias`, differentiable.
+    BiasResidual,
 }
 
 /// The mixers of [`Op::Side`]: channel then token, with norms.
@@ -33,6 +39,9 @@ impl Op {
             Op::BiasGelu(dim) => format!("bias_gelu(dim {dim})"),
             Op::Residual => "residual".into(),
             Op::Side(rank) => format!("side_update(rank {rank})"),
+            Op::Softmax => "softmax".into(),
+            Op::SplitHeads(heads) => format!("split_heads({heads} heads)"),
+            Op::BiasResidual => "bias_residual".into(),
         }
     }
 
@@ -55,6 +64,9 @@ impl Op {
                     seeded_normal(d, 0.5, 4, &cpu)?,
                 ]
             }
+            Op::Softmax => vec![(x * 4.0)?],
+            Op::SplitHeads(_) => vec![x, seeded_normal(d, 0.5, 2, &cpu)?],
+            Op::BiasResidual => vec![x, seeded_normal(shape, 1.0, 2, &cpu)?, seeded_normal(d, 0.5, 3, &cpu)?],
             Op::Side(rank) => {
                 let n = shape[1];
                 let mut seed = 10;
@@ -78,6 +90,17 @@ impl Op {
         })
     }
 
+    /// The shape of the op's output for inputs of `shape`.
+    fn output_shape(self, shape: &[usize]) -> Vec<usize> {
+        match self {
+            Op::SplitHeads(heads) => {
+                let (b, n, w3) = (shape[0], shape[1], shape[2]);
+                vec![3, b, heads, n, w3 / (3 * heads)]
+            }
+            _ => shape.to_vec(),
+        }
+    }
+
     /// How many leading inputs get a gradient.
     fn trainable(self, inputs: usize) -> usize {
         match self {
@@ -93,6 +116,9 @@ impl Op {
             Op::LayerNorm => vec!["dx", "dweight", "dbias"],
             Op::BiasGelu(_) => vec!["dx", "dbias"],
             Op::Residual => vec![],
+            Op::Softmax => vec!["dx"],
+            Op::SplitHeads(_) => vec!["dx", "dbias"],
+            Op::BiasResidual => vec!["dx", "dm", "dbias"],
             Op::Side(_) => {
                 let mut g = vec!["dy"];
                 for axis in SIDE {
@@ -130,6 +156,9 @@ impl Op {
                 let last = t.len() - 1;
                 ops::side_update(&t[last], &t[0], &Self::mixes(&t[1..last]), 1e-6)
             }
+            Op::Softmax => ops::softmax(&t[0], 0.125),
+            Op::SplitHeads(heads) => ops::split_heads(&t[0], &t[1], heads),
+            Op::BiasResidual => ops::bias_residual(&t[0], &t[1], &t[2]),
         }
     }
 
@@ -147,6 +176,13 @@ impl Op {
                 t[0].broadcast_add(&t[1].reshape(shape)?)?.gelu_erf()
             }
             Op::Residual => (&t[0] + &t[1])?.sub(&t[2])?.broadcast_add(&t[3]),
+            Op::Softmax => candle_nn::ops::softmax(&(&t[0] * 0.125)?, D::Minus1),
+            Op::SplitHeads(heads) => {
+                let (b, n, w3) = t[0].dims3()?;
+                let split = t[0].broadcast_add(&t[1])?.reshape((b, n, 3, heads, w3 / (3 * heads)))?;
+                split.permute((2, 0, 3, 1, 4))?.contiguous()
+            }
+            Op::BiasResidual => &t[0] + t[1].broadcast_add(&t[2])?,
             // LoSA's block as composed before ops::side_update (with the fused norm and bias + GELU).
             Op::Side(_) => {
                 let (last, y) = (t.len() - 1, &t[0]);
@@ -275,6 +311,12 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::Side(8), vec![64, 197, 768]),
         (Op::Side(8), vec![64, 197, 192]),
         (Op::Side(3), vec![3, 7, 10]),
+        (Op::Softmax, vec![64, 12, 197, 197]),
+        (Op::Softmax, vec![3, 2, 5, 37]),
+        (Op::SplitHeads(12), vec![64, 197, 2304]),
+        (Op::SplitHeads(3), vec![2, 5, 36]),
+        (Op::BiasResidual, vec![64, 197, 768]),
+        (Op::BiasResidual, vec![7, 5, 3]),
     ];
     let mut ok = true;
     println!("# fused ops on {device:?} against the CPU fallback (error = max |device − cpu| / max |cpu|)");
@@ -284,7 +326,7 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
             let inputs: Vec<Tensor> =
                 op.inputs(shape)?.iter().map(|t| t.to_dtype(dtype)).collect::<Result<_>>()?;
-            let probe = seeded_normal(shape.as_slice(), 1.0, 9, &Device::Cpu)?.to_dtype(dtype)?;
+            let probe = seeded_normal(op.output_shape(shape), 1.0, 9, &Device::Cpu)?.to_dtype(dtype)?;
             let trainable = op.trainable(inputs.len());
             let cpu = run(|t| op.fused(t), &inputs, trainable, &probe)?;
             let on_device: Vec<Tensor> = inputs.iter().map(|t| t.to_device(device)).collect::<Result<_>>()?;
@@ -313,8 +355,9 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
                 .iter()
                 .map(|t| t.to_dtype(dtype)?.to_device(device))
                 .collect::<Result<_>>()?;
-            let probe =
-                seeded_normal(shape.as_slice(), 1.0, 9, &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+            let probe = seeded_normal(op.output_shape(shape), 1.0, 9, &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?;
             let trainable = op.trainable(inputs.len());
             let fused =
                 median_ms(device, runs, || run(|t| op.fused(t), &inputs, trainable, &probe).map(|_| ()))?;
@@ -324,6 +367,31 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
                 "| {} | {shape:?} | {dtype:?} | {fused:.3} | {unfused:.3} | {:.2} |",
                 op.name(),
                 unfused / fused
+            );
+        }
+    }
+    println!("\n# forward only (the frozen backbone), median of {runs} runs on {device:?} (ms)");
+    println!("| op | shape | dtype | losa | candle fused | candle / losa |");
+    println!("|---|---|---|---:|---:|---:|");
+    for (op, shape) in [(Op::LayerNorm, vec![64, 197, 768]), (Op::Softmax, vec![64, 12, 197, 197])] {
+        for dtype in [DType::F32, DType::BF16] {
+            let t: Vec<Tensor> = op
+                .inputs(&shape)?
+                .iter()
+                .map(|t| t.to_dtype(dtype)?.to_device(device))
+                .collect::<Result<_>>()?;
+            let ours = median_ms(device, runs, || op.fused(&t).map(|_| ()))?;
+            let candle = median_ms(device, runs, || {
+                match op {
+                    Op::LayerNorm => candle_nn::ops::layer_norm(&t[0], &t[1], &t[2], 1e-6),
+                    _ => candle_nn::ops::softmax_last_dim(&t[0]),
+                }
+                .map(|_| ())
+            })?;
+            println!(
+                "| {} | {shape:?} | {dtype:?} | {ours:.3} | {candle:.3} | {:.2} |",
+                op.name(),
+                candle / ours
             );
         }
     }

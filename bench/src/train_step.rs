@@ -13,7 +13,7 @@ use losa_framework::engine::{loss::cross_entropy, memory, optim::Optimizer};
 use losa_framework::recipe::{
     AdapterConfig, BackboneDtype, DeviceSpec, LoraConfig, LoraTarget, TrainConfig, VitShape, parse_variant,
 };
-use losa_framework::vit::{Grad, NoHooks, Vit, VitConfig, map_tensors, random_weights, seeded_normal};
+use losa_framework::vit::{NoHooks, Vit, VitConfig, map_tensors, random_weights, seeded_normal};
 
 /// The allocator `runner` uses (see its main.rs), so the figures are what a run sees.
 #[global_allocator]
@@ -234,7 +234,7 @@ fn measure(s: &Setup<'_>, name: &str, args: &Args, meter: &memory::Meter) -> Res
     let (device, vit, images, labels) = (s.device, s.vit, s.images, s.labels);
     if name == "forward" {
         let t = time(device, args.warmup, args.steps, || {
-            let out = vit.forward(images, &NoHooks, Grad::Frozen, false);
+            let out = vit.forward(images, &NoHooks, false);
             meter.sample();
             out.map(|_| ())
         })

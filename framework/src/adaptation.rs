@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Device, Result, Tensor, Var};
 
-use crate::vit::{Grad, NoHooks, Vit};
+use crate::vit::{NoHooks, Vit};
 
 /// How a method uses the backbone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -63,7 +63,7 @@ pub trait Adaptation {
 /// Runs the frozen backbone once and keeps what a frozen-backbone method reads. The outputs are
 /// detached, so no gradient path into the backbone exists and its activations are freed.
 pub fn compute_taps(vit: &Vit, images: &Tensor, taps: &[usize]) -> Result<Taps> {
-    let out = vit.forward(images, &NoHooks, Grad::Frozen, !taps.is_empty())?;
+    let out = vit.forward(images, &NoHooks, !taps.is_empty())?;
     let blocks = taps.iter().map(|&i| out.blocks[i].detach()).collect();
     Ok(Taps { blocks, tokens: out.tokens.detach() })
 }

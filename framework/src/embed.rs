@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::data::DataError;
 use crate::data::image::load_image;
 use crate::recipe::{Pool, PreprocessConfig};
-use crate::vit::{Grad, NoHooks, Vit};
+use crate::vit::{NoHooks, Vit};
 
 /// File extensions `runner embed` reads.
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -101,7 +101,7 @@ pub fn embed(
             continue;
         }
         let images = Tensor::from_vec(values, (chunk.len(), 3, size, size), device)?.to_dtype(dtype)?;
-        let tokens = vit.forward(&images, &NoHooks, Grad::Frozen, false)?.tokens;
+        let tokens = vit.forward(&images, &NoHooks, false)?.tokens;
         // The checkpoint's own logits come from its own pooling, the class token.
         if let Some(l) = vit.logits(&vit.pool(&tokens, Pool::Token)?)? {
             logits.push(l.to_dtype(DType::F32)?);

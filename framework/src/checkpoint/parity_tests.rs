@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::*;
 use crate::recipe::{Pool, VitShape};
-use crate::vit::{Grad, NoHooks, Vit, VitConfig};
+use crate::vit::{NoHooks, Vit, VitConfig};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/vit").join(name)
@@ -38,21 +38,19 @@ fn load(name: &str, image_size: usize) -> Vit {
 /// Compares a model's outputs on `images` with the reference outputs under `tag`.
 fn check(vit: &Vit, images: &str, tag: &str, logits: Option<&str>) {
     let r = reference();
-    for grad in [Grad::Frozen, Grad::Through] {
-        let out = vit.forward(&r[images], &NoHooks, grad, true).unwrap();
-        for (i, block) in out.blocks.iter().enumerate() {
-            assert_close(block, &r[&format!("{tag}.block{i}")], &format!("{tag} block {i} ({grad:?})"));
-        }
-        assert_close(&out.tokens, &r[&format!("{tag}.tokens")], &format!("{tag} tokens"));
-        let token = vit.pool(&out.tokens, Pool::Token).unwrap();
-        if r.contains_key(&format!("{tag}.pool_token")) {
-            assert_close(&token, &r[&format!("{tag}.pool_token")], &format!("{tag} token pooling"));
-            let mean = vit.pool(&out.tokens, Pool::Mean).unwrap();
-            assert_close(&mean, &r[&format!("{tag}.pool_mean")], &format!("{tag} mean pooling"));
-        }
-        if let Some(key) = logits {
-            assert_close(&vit.logits(&token).unwrap().unwrap(), &r[key], &format!("{tag} logits"));
-        }
+    let out = vit.forward(&r[images], &NoHooks, true).unwrap();
+    for (i, block) in out.blocks.iter().enumerate() {
+        assert_close(block, &r[&format!("{tag}.block{i}")], &format!("{tag} block {i}"));
+    }
+    assert_close(&out.tokens, &r[&format!("{tag}.tokens")], &format!("{tag} tokens"));
+    let token = vit.pool(&out.tokens, Pool::Token).unwrap();
+    if r.contains_key(&format!("{tag}.pool_token")) {
+        assert_close(&token, &r[&format!("{tag}.pool_token")], &format!("{tag} token pooling"));
+        let mean = vit.pool(&out.tokens, Pool::Mean).unwrap();
+        assert_close(&mean, &r[&format!("{tag}.pool_mean")], &format!("{tag} mean pooling"));
+    }
+    if let Some(key) = logits {
+        assert_close(&vit.logits(&token).unwrap().unwrap(), &r[key], &format!("{tag} logits"));
     }
 }
 
@@ -106,8 +104,8 @@ fn saved_timm_safetensors_reload_to_the_same_model() {
     assert_eq!(again.format, Format::Timm);
     let again = again.into_vit(tiny_config(32), &Device::Cpu, DType::F32).unwrap();
     let images = &reference()["images"];
-    let a = vit.forward(images, &NoHooks, Grad::Frozen, false).unwrap().tokens;
-    let b = again.forward(images, &NoHooks, Grad::Frozen, false).unwrap().tokens;
+    let a = vit.forward(images, &NoHooks, false).unwrap().tokens;
+    let b = again.forward(images, &NoHooks, false).unwrap().tokens;
     assert_eq!(a.to_vec3::<f32>().unwrap(), b.to_vec3::<f32>().unwrap());
     assert!(again.pre_logits.is_some() && again.head.is_some());
 }

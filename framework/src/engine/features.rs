@@ -20,7 +20,7 @@ use crate::adaptation::Taps;
 use crate::canonical::{canonical_json, sha256_hex};
 use crate::data::{Batch, DataError};
 use crate::recipe::Split;
-use crate::vit::{Grad, NoHooks, Vit};
+use crate::vit::{NoHooks, Vit};
 
 #[path = "features_disk.rs"]
 mod disk;
@@ -341,7 +341,7 @@ impl FeatureCache {
         for batch in batches {
             let batch = batch?;
             let images = batch.images.to_device(device)?.to_dtype(dtype)?;
-            let out = vit.forward(&images, &NoHooks, Grad::Frozen, keep_blocks)?;
+            let out = vit.forward(&images, &NoHooks, keep_blocks)?;
             labels.extend(batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?);
             for (i, &layer) in missing.iter().enumerate() {
                 let t = match layer {

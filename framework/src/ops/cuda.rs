@@ -275,3 +275,95 @@ fn res_fwd<T: Kern>(a: In, m: In, minus: Option<In>, bias: Option<In>, d: usize)
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
+
+/// One warp per row: blocks of `BLOCK / 32` rows.
+fn warp_rows_config(rows: usize) -> Result<LaunchConfig> {
+    let per_block = BLOCK / 32;
+    let Ok(blocks) = u32::try_from(rows.div_ceil(per_block)) else {
+        bail!("losa ops: {rows} rows is too many for one launch")
+    };
+    Ok(LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (BLOCK as u32, 1, 1), shared_mem_bytes: 0 })
+}
+
+pub(crate) fn softmax_fwd(x: In, scale: f64) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.0.dtype(), sm_fwd(x, scale))
+}
+
+fn sm_fwd<T: Kern>(x: In, scale: f64) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let shape = x.1.shape().clone();
+    let (el, d) = (shape.elem_count(), *shape.dims().last().unwrap_or(&1));
+    let xv = view::<T>(x)?;
+    // SAFETY: warp r writes all d elements of row r, and all el / d rows get a warp.
+    let y = unsafe { dev.alloc::<T>(el)? };
+    poison(dev, &y)?;
+    if el > 0 {
+        let func = dev.get_or_load_custom_func(&kernel::<T>("softmax_fwd"), MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&xv);
+        args.arg(&y);
+        builder_arg!(args, (el / d) as i32, d as i32, scale);
+        // SAFETY: the arguments match `softmax_fwd_<dtype>(const T*, T*, int, int, double)`; x and y
+        // hold el = rows · d elements.
+        unsafe { args.launch(warp_rows_config(el / d)?) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+}
+
+pub(crate) fn softmax_bwd(y: In, g: In, scale: f64) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(y.0.dtype(), sm_bwd(y, g, scale))
+}
+
+fn sm_bwd<T: Kern>(y: In, g: In, scale: f64) -> Result<(CudaStorage, Shape)> {
+    let dev = &y.0.device;
+    let shape = y.1.shape().clone();
+    let (el, d) = (shape.elem_count(), *shape.dims().last().unwrap_or(&1));
+    let (yv, gv) = (view::<T>(y)?, view::<T>(g)?);
+    // SAFETY: warp r writes all d elements of row r, and all el / d rows get a warp.
+    let dx = unsafe { dev.alloc::<T>(el)? };
+    poison(dev, &dx)?;
+    if el > 0 {
+        let func = dev.get_or_load_custom_func(&kernel::<T>("softmax_bwd"), MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&yv);
+        args.arg(&gv);
+        args.arg(&dx);
+        builder_arg!(args, (el / d) as i32, d as i32, scale);
+        // SAFETY: the arguments match `softmax_bwd_<dtype>(const T*, const T*, T*, int, int,
+        // double)`; y, g and dx hold el = rows · d elements.
+        unsafe { args.launch(warp_rows_config(el / d)?) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))
+}
+
+/// `split`: `[batch, tokens, 3·d]` + bias to `[3, batch, heads, tokens, hd]`; otherwise (no bias)
+/// the inverse permutation. `dims`: batch, tokens, heads, hd.
+pub(crate) fn split_heads(src: In, bias: Option<In>, dims: [usize; 4], split: bool) -> Result<CudaStorage> {
+    by_dtype!(src.0.dtype(), heads(src, bias, dims, split))
+}
+
+fn heads<T: Kern>(src: In, bias: Option<In>, dims: [usize; 4], split: bool) -> Result<CudaStorage> {
+    let dev = &src.0.device;
+    let n = src.1.shape().elem_count();
+    let sv = view::<T>(src)?;
+    // Absent for the merge, which never reads it: `src` in its place.
+    let bv = bias.map(view::<T>).transpose()?;
+    // SAFETY: the permutation is a bijection over the n elements and every thread of the grid-stride
+    // loop writes its element, so every element is written.
+    let dst = unsafe { dev.alloc::<T>(n)? };
+    poison(dev, &dst)?;
+    if n > 0 {
+        let func = dev.get_or_load_custom_func(&kernel::<T>("split_heads"), MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&sv);
+        args.arg(bv.as_ref().unwrap_or(&sv));
+        args.arg(&dst);
+        let [batch, tokens, heads, hd] = dims;
+        builder_arg!(args, n as u64, batch as i32, tokens as i32, heads as i32, hd as i32, split as i32);
+        // SAFETY: the arguments match `split_heads_<dtype>(const T*, const T*, T*, uint64_t, int, int,
+        // int, int, int)`; src and dst hold n = batch · tokens · 3 · heads · hd elements, bias (read
+        // only when split) 3 · heads · hd.
+        unsafe { args.launch(flat_config(n)) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))
+}

@@ -169,6 +169,79 @@ __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bi
   }
 }
 
+__device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
+
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename A> __device__ __forceinline__ A warp_max(A v) {
+  for (int o = 16; o > 0; o >>= 1) v = max_(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// One warp per row of d: y = softmax(scale * x). A warp whose row is past the end returns as a
+// whole, so the shuffles of the others stay full-warp.
+template <typename T>
+__device__ void softmax_fwd(const T *x, T *y, int rows, int d, double scale) {
+  typedef typename Acc<T>::type A;
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  x += (size_t)row * d;
+  y += (size_t)row * d;
+  const A s = A(scale);
+  A m = -INFINITY;
+  for (int j = lane; j < d; j += 32) m = max_(m, ld(x[j]) * s);
+  m = warp_max(m);
+  A sum = 0;
+  for (int j = lane; j < d; j += 32) sum += exp_(ld(x[j]) * s - m);
+  const A inv = A(1) / warp_sum(sum);
+  for (int j = lane; j < d; j += 32) st(&y[j], exp_(ld(x[j]) * s - m) * inv);
+}
+
+// One warp per row: dx = scale * y * (g - sum(g * y)).
+template <typename T>
+__device__ void softmax_bwd(const T *y, const T *g, T *dx, int rows, int d, double scale) {
+  typedef typename Acc<T>::type A;
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  y += (size_t)row * d;
+  g += (size_t)row * d;
+  dx += (size_t)row * d;
+  A dot = 0;
+  for (int j = lane; j < d; j += 32) dot += ld(y[j]) * ld(g[j]);
+  dot = warp_sum(dot);
+  for (int j = lane; j < d; j += 32) st(&dx[j], A(scale) * ld(y[j]) * (ld(g[j]) - dot));
+}
+
+// [batch, tokens, 3, heads, hd] <-> [3, batch, heads, tokens, hd], one thread per element of the
+// [3, batch, heads, tokens, hd] side. split: y = x + bias (bias [3 * heads * hd]); merge (split = 0,
+// bias unused): dx = g, the inverse permutation.
+template <typename T>
+__device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int batch, int tokens, int heads,
+                            int hd, int split) {
+  typedef typename Acc<T>::type A;
+  for (uint64_t o = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; o < n;
+       o += (uint64_t)gridDim.x * blockDim.x) {
+    uint64_t r = o / hd;
+    const int e = o % hd;
+    const int t = r % tokens;
+    r /= tokens;
+    const int h = r % heads;
+    r /= heads;
+    const int b = r % batch;
+    const int s = r / batch;
+    const uint64_t col = ((uint64_t)s * heads + h) * hd + e;
+    const uint64_t i = ((uint64_t)b * tokens + t) * 3 * heads * hd + col;
+    if (split)
+      st(&dst[o], ld(src[i]) + ld(bias[col]));
+    else
+      dst[i] = src[o];
+  }
+}
+
 #define LOSA_OPS(T, S)                                                                              \
   extern "C" __global__ void layer_norm_fwd_##S(const T *x, const T *w, const T *b, T *y, int d,     \
                                                 double eps) {                                      \
@@ -195,6 +268,18 @@ __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bi
                                               const T *bias, T *out, uint64_t n, int d,            \
                                               int has_minus, int has_bias) {                       \
     residual_fwd<T>(a, m, minus, bias, out, n, d, has_minus, has_bias);                            \
+  }                                                                                                \
+  extern "C" __global__ void softmax_fwd_##S(const T *x, T *y, int rows, int d, double scale) {    \
+    softmax_fwd<T>(x, y, rows, d, scale);                                                          \
+  }                                                                                                \
+  extern "C" __global__ void softmax_bwd_##S(const T *y, const T *g, T *dx, int rows, int d,       \
+                                             double scale) {                                       \
+    softmax_bwd<T>(y, g, dx, rows, d, scale);                                                      \
+  }                                                                                                \
+  extern "C" __global__ void split_heads_##S(const T *src, const T *bias, T *dst, uint64_t n,      \
+                                             int batch, int tokens, int heads, int hd,             \
+                                             int split) {                                          \
+    split_heads<T>(src, bias, dst, n, batch, tokens, heads, hd, split);                            \
   }
 
 LOSA_OPS(float, f32)

@@ -12,21 +12,27 @@
 //! gradients are not supported.
 
 mod bias_gelu;
+#[cfg(test)]
+mod block_tests;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod heads;
 mod layer_norm;
 mod residual;
 mod side;
 #[cfg(test)]
 mod side_tests;
+mod softmax;
 #[cfg(test)]
 mod tests;
 
 pub use bias_gelu::bias_gelu;
+pub use heads::split_heads;
 pub use layer_norm::layer_norm;
-pub use residual::residual;
+pub use residual::{bias_residual, residual};
 pub use side::{LowRankMix, side_update};
+pub use softmax::softmax;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,13 +1,15 @@
 //! `a + m − minus + bias`: a residual addition with its optional bias and subtraction in one pass
-//! (candle: one pass per term, each writing a full tensor). No graph: LoSA's side network
-//! (`ops::side`) routes its gradient itself, which is also why the kernel is reachable at the
-//! storage level ([`residual_storage`]), from inside another op's forward.
+//! (candle: one pass per term, each writing a full tensor). [`residual`] builds no graph: LoSA's
+//! side network (`ops::side`) routes its gradient itself, which is also why the kernel is reachable
+//! at the storage level ([`residual_storage`]), from inside another op's forward.
+//! [`bias_residual`], `x + m + bias`, is differentiable: the ViT block's two residual additions,
+//! each with the bias of the linear layer before it.
 
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, D, DType, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu::{Elem, slice};
+use super::cpu::{Elem, cpu_dispatch, slice};
 
 const NAME: &str = "residual";
 
@@ -121,4 +123,87 @@ fn fwd_cpu<T: Elem>((a, m, minus, bias): (In, In, Option<In>, Option<In>), d: us
         });
     }
     Ok(T::to_cpu_storage_owned(out))
+}
+
+/// `x + m + bias`, `bias` ([d]) along the last dimension; differentiable in all three (the
+/// gradient of `x` and `m` is the output's, that of `bias` its sum over the rows).
+pub fn bias_residual(x: &Tensor, m: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if m.dims() != x.dims() || bias.dims() != [d] {
+        bail!("bias_residual: {:?} + {:?} + bias {:?} do not fit", x.dims(), m.dims(), bias.dims());
+    }
+    x.contiguous()?.apply_op3(&m.contiguous()?, &bias.contiguous()?, BiasResidual { d })
+}
+
+struct BiasResidual {
+    d: usize,
+}
+
+fn bias_residual_cpu<T: Elem>(
+    d: usize,
+    x: (&[T], &Layout),
+    m: (&[T], &Layout),
+    b: (&[T], &Layout),
+) -> Result<CpuStorage> {
+    let (x, m, b) = (slice(x.0, x.1, NAME)?, slice(m.0, m.1, NAME)?, slice(b.0, b.1, NAME)?);
+    let mut out = vec![T::store(<T::A as super::cpu::Acc>::ZERO); x.len()];
+    if d > 0 {
+        out.par_chunks_mut(d).zip(x.par_chunks(d).zip(m.par_chunks(d))).with_min_len(16).for_each(
+            |(o, (x, m))| {
+                o.iter_mut().zip(x.iter().zip(m).zip(b)).for_each(|(o, ((x, m), b))| {
+                    *o = T::store(x.load() + m.load() + b.load());
+                })
+            },
+        );
+    }
+    Ok(T::to_cpu_storage_owned(out))
+}
+
+impl CustomOp3 for BiasResidual {
+    fn name(&self) -> &'static str {
+        "losa-bias-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = l1.shape().clone();
+        cpu_dispatch!(self.name(), bias_residual_cpu(self.d; s1: l1, s2: l2, s3: l3)).map(|s| (s, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = super::cuda::residual((s1, l1), (s2, l2), None, Some((s3, l3)), self.d)?;
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        m: &Tensor,
+        bias: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dbias = if bias.track_op() {
+            Some(super::sum_along(grad, self.d, 1)?.to_dtype(bias.dtype())?)
+        } else {
+            None
+        };
+        Ok((x.track_op().then(|| grad.clone()), m.track_op().then(|| grad.clone()), dbias))
+    }
 }

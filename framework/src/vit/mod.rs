@@ -10,7 +10,7 @@ pub mod posembed;
 pub use config::VitConfig;
 pub use hooks::{Hooks, LinearSite, NoHooks};
 pub use init::{random_weights, seeded_normal};
-pub use layers::{Grad, LayerNorm, Linear, softmax};
+pub use layers::{LayerNorm, Linear};
 pub use model::{Block, Features, Vit, map_tensors};
 
 #[cfg(test)]

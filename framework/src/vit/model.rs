@@ -7,7 +7,8 @@ use candle_core::{Result, Tensor};
 
 use super::config::VitConfig;
 use super::hooks::{Hooks, LinearSite};
-use super::layers::{Grad, LayerNorm, Linear, softmax};
+use super::layers::{LayerNorm, Linear};
+use crate::ops;
 use crate::recipe::Pool;
 
 /// One transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
@@ -166,7 +167,7 @@ impl Vit {
     }
 
     /// Block `i` applied to `x` [batch, tokens, d], with the method's hooks.
-    pub fn block(&self, i: usize, x: &Tensor, hooks: &dyn Hooks, grad: Grad) -> Result<Tensor> {
+    pub fn block(&self, i: usize, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
         let blk = &self.blocks[i];
         let linear = |site: LinearSite, layer: &Linear, input: &Tensor| -> Result<Tensor> {
             let y = layer.forward(input)?;
@@ -175,59 +176,49 @@ impl Vit {
                 None => Ok(y),
             }
         };
+        // Each linear layer's bias is added by the fused op that reads its output next (head
+        // split, bias + GELU, residual sum; crate::ops): one pass fewer per layer, each way.
+        let weight_only = |l: &Linear| Linear { weight: l.weight.clone(), bias: None };
         let (b, n, d) = x.dims3()?;
         let heads = self.config.shape.heads;
-        let hd = d / heads;
-        let qkv = linear(LinearSite::Qkv, &blk.qkv, &blk.norm1.forward(x, grad)?)?
-            .reshape((b, n, 3, heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let attn = softmax(&q.matmul(&k.t()?)?, grad)?;
+        let qkv = linear(LinearSite::Qkv, &weight_only(&blk.qkv), &blk.norm1.forward(x)?)?;
+        // [3, batch, heads, tokens, head_dim]: q, k and v are contiguous views.
+        let qkv = ops::split_heads(&qkv, &bias_or_zeros(&blk.qkv, 3 * d, x)?, heads)?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        // softmax(q·kᵀ / √head_dim), the scaling folded into the softmax's pass.
+        let attn = ops::softmax(&q.matmul(&k.t()?)?, ((d / heads) as f64).powf(-0.5))?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        let x = (x + linear(LinearSite::Proj, &blk.proj, &out)?)?;
-        let h = blk.norm2.forward(&x, grad)?;
-        // fc1's bias goes into the fused bias + GELU (crate::ops): one pass forward and one backward
-        // over the widest tensor of the block, instead of two forward and about ten backward.
-        let fc1 = Linear { weight: blk.fc1.weight.clone(), bias: None };
-        let h = linear(LinearSite::Fc1, &fc1, &h)?;
-        let h = match &blk.fc1.bias {
-            Some(bias) => crate::ops::bias_gelu(&h, bias, h.rank() - 1)?,
-            None => h.gelu_erf()?,
-        };
-        let mut mlp = linear(LinearSite::Fc2, &blk.fc2, &h)?;
+        let proj = linear(LinearSite::Proj, &weight_only(&blk.proj), &out)?;
+        let x = ops::bias_residual(x, &proj, &bias_or_zeros(&blk.proj, d, x)?)?;
+        let h = blk.norm2.forward(&x)?;
+        let h = linear(LinearSite::Fc1, &weight_only(&blk.fc1), &h)?;
+        let h = ops::bias_gelu(&h, &bias_or_zeros(&blk.fc1, h.dim(2)?, &x)?, 2)?;
+        let mut mlp = linear(LinearSite::Fc2, &weight_only(&blk.fc2), &h)?;
         if let Some(parallel) = hooks.mlp_parallel(i, &x)? {
             mlp = (mlp + parallel)?;
         }
-        x + mlp
+        ops::bias_residual(&x, &mlp, &bias_or_zeros(&blk.fc2, d, &x)?)
     }
 
     /// The full forward pass up to the final norm; `keep_blocks` also returns every block's output.
-    pub fn forward(
-        &self,
-        images: &Tensor,
-        hooks: &dyn Hooks,
-        grad: Grad,
-        keep_blocks: bool,
-    ) -> Result<Features> {
+    pub fn forward(&self, images: &Tensor, hooks: &dyn Hooks, keep_blocks: bool) -> Result<Features> {
         let mut x = self.embed(images)?;
         let mut blocks = Vec::new();
         for i in 0..self.blocks.len() {
             x = hooks.before_block(i, x)?;
-            x = self.block(i, &x, hooks, grad)?;
+            x = self.block(i, &x, hooks)?;
             x = hooks.after_block(i, x)?;
             if keep_blocks {
                 blocks.push(x.clone());
             }
         }
-        let tokens = self.norm.forward(&x, grad)?;
+        let tokens = self.norm.forward(&x)?;
         Ok(Features { blocks, tokens })
     }
 
     /// Every block's output tokens, for side networks.
-    pub fn forward_features(&self, images: &Tensor, hooks: &dyn Hooks, grad: Grad) -> Result<Vec<Tensor>> {
-        Ok(self.forward(images, hooks, grad, true)?.blocks)
+    pub fn forward_features(&self, images: &Tensor, hooks: &dyn Hooks) -> Result<Vec<Tensor>> {
+        Ok(self.forward(images, hooks, true)?.blocks)
     }
 
     /// Pools normed tokens [batch, tokens, d] into [batch, d]: the class token (position 0), or the
@@ -257,6 +248,14 @@ impl Vit {
     /// The width of pooled features.
     pub fn width(&self) -> usize {
         self.config.shape.width
+    }
+}
+
+/// The layer's bias, or zeros of `len` (the dtype and device of `like`) for a layer without one.
+fn bias_or_zeros(layer: &Linear, len: usize, like: &Tensor) -> Result<Tensor> {
+    match &layer.bias {
+        Some(bias) => Ok(bias.clone()),
+        None => Tensor::zeros(len, like.dtype(), like.device()),
     }
 }
 
