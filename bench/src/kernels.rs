@@ -3,7 +3,9 @@
 //! NaN (`ops::poison_outputs`), so an element a kernel leaves unwritten fails the check; then the
 //! time of each op forward + backward, fused against the unfused composition. Prints pass/fail and
 //! timing tables and exits 1 on any failure. `bench/run_gpu.sh` runs it on the GPU.
-//!   kernels [--device cuda|cpu] [--runs 20]
+//! `--frozen-only` skips the check and prints only the last table: the frozen forward's ops against
+//! the candle ops they replaced, at `--frozen-shape batch,tokens,width,heads` (default ViT-B/16).
+//!   kernels [--device cuda|cpu] [--runs 20] [--frozen-only] [--frozen-shape 64,197,768,12]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::time::Instant;
@@ -255,7 +257,7 @@ fn tolerance(dtype: DType) -> f64 {
     }
 }
 
-fn median_ms(device: &Device, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn median_ms(device: &Device, runs: usize, f: impl Fn() -> Result<()>) -> Result<f64> {
     f()?;
     device.synchronize()?;
     let mut times = Vec::new();
@@ -280,21 +282,101 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+const USAGE: &str =
+    "usage: kernels [--device cuda|cpu] [--runs 20] [--frozen-only] [--frozen-shape 64,197,768,12]";
+
 fn check() -> std::result::Result<bool, String> {
-    let (mut device, mut runs) = (DeviceSpec::Auto, 20usize);
+    let (mut device, mut runs, mut frozen_only, mut frozen) =
+        (DeviceSpec::Auto, 20usize, false, [64, 197, 768, 12]);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--frozen-only" {
+            frozen_only = true;
+            continue;
+        }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--device" => device = value.parse()?,
             "--runs" => runs = value.parse().map_err(|e| format!("--runs: {e}"))?,
-            other => {
-                return Err(format!("unknown flag {other}; usage: kernels [--device cuda|cpu] [--runs 20]"));
+            "--frozen-shape" => {
+                let dims: Vec<usize> = value
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| format!("--frozen-shape: {e}"))?;
+                frozen =
+                    dims.try_into().map_err(|_| "--frozen-shape: batch,tokens,width,heads".to_string())?;
             }
+            other => return Err(format!("unknown flag {other}; {USAGE}")),
         }
     }
     let device = device.open().map_err(|e| e.to_string())?;
-    check_on(&device, runs).map_err(|e| e.to_string())
+    let ok = if frozen_only { true } else { check_on(&device, runs).map_err(|e| e.to_string())? };
+    frozen_table(&device, runs, frozen).map_err(|e| e.to_string())?;
+    Ok(ok)
+}
+
+/// Forward only, as the frozen backbone runs them: each fused op of a ViT block against the
+/// candle ops it replaced, for `[batch, tokens, width]` activations and `heads` heads.
+fn frozen_table(device: &Device, runs: usize, [b, n, d, heads]: [usize; 4]) -> Result<()> {
+    println!(
+        "\n# frozen forward ops, batch {b}, tokens {n}, width {d}, {heads} heads: median of {runs} runs on {device:?} (ms)"
+    );
+    println!("| op | dtype | losa | replaced candle ops | candle / losa |");
+    println!("|---|---|---:|---:|---:|");
+    let hd = d / heads;
+    let scale = (hd as f64).powf(-0.5);
+    for dtype in [DType::F32, DType::BF16] {
+        let t = |shape: &[usize], seed: u64| {
+            seeded_normal(shape, 1.0, seed, &Device::Cpu)?.to_dtype(dtype)?.to_device(device)
+        };
+        let (x, w, bias) = (t(&[b, n, d], 1)?, t(&[d], 2)?, t(&[d], 3)?);
+        let (qkv, qkv_bias) = (t(&[b, n, 3 * d], 4)?, t(&[3 * d], 5)?);
+        let scores = t(&[b, heads, n, n], 6)?;
+        let (hidden, hidden_bias) = (t(&[b, n, 4 * d], 7)?, t(&[4 * d], 8)?);
+        let m = t(&[b, n, d], 9)?;
+        type Pair<'a> = (&'a str, Box<dyn Fn() -> Result<()> + 'a>, Box<dyn Fn() -> Result<()> + 'a>);
+        let pairs: Vec<Pair> = vec![
+            (
+                "layer_norm",
+                Box::new(|| ops::layer_norm(&x, &w, &bias, 1e-6).map(|_| ())),
+                Box::new(|| candle_nn::ops::layer_norm(&x, &w, &bias, 1e-6).map(|_| ())),
+            ),
+            (
+                "split_heads (+ q scaling before)",
+                Box::new(|| ops::split_heads(&qkv, &qkv_bias, heads).map(|_| ())),
+                Box::new(|| {
+                    let s = qkv
+                        .broadcast_add(&qkv_bias)?
+                        .reshape((b, n, 3, heads, hd))?
+                        .permute((2, 0, 3, 1, 4))?;
+                    let _q = (s.get(0)?.contiguous()? * scale)?;
+                    let _k = s.get(1)?.contiguous()?;
+                    s.get(2)?.contiguous().map(|_| ())
+                }),
+            ),
+            (
+                "softmax (scaled)",
+                Box::new(|| ops::softmax(&scores, scale).map(|_| ())),
+                Box::new(|| candle_nn::ops::softmax_last_dim(&scores).map(|_| ())),
+            ),
+            (
+                "bias_residual",
+                Box::new(|| ops::bias_residual(&x, &m, &bias).map(|_| ())),
+                Box::new(|| (&x + m.broadcast_add(&bias)?).map(|_| ())),
+            ),
+            (
+                "bias_gelu (fc1)",
+                Box::new(|| ops::bias_gelu(&hidden, &hidden_bias, 2).map(|_| ())),
+                Box::new(|| hidden.broadcast_add(&hidden_bias)?.gelu_erf().map(|_| ())),
+            ),
+        ];
+        for (name, ours, theirs) in &pairs {
+            let (ours, theirs) = (median_ms(device, runs, ours)?, median_ms(device, runs, theirs)?);
+            println!("| {name} | {dtype:?} | {ours:.3} | {theirs:.3} | {:.2} |", theirs / ours);
+        }
+    }
+    Ok(())
 }
 
 fn check_on(device: &Device, runs: usize) -> Result<bool> {
@@ -367,31 +449,6 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
                 "| {} | {shape:?} | {dtype:?} | {fused:.3} | {unfused:.3} | {:.2} |",
                 op.name(),
                 unfused / fused
-            );
-        }
-    }
-    println!("\n# forward only (the frozen backbone), median of {runs} runs on {device:?} (ms)");
-    println!("| op | shape | dtype | losa | candle fused | candle / losa |");
-    println!("|---|---|---|---:|---:|---:|");
-    for (op, shape) in [(Op::LayerNorm, vec![64, 197, 768]), (Op::Softmax, vec![64, 12, 197, 197])] {
-        for dtype in [DType::F32, DType::BF16] {
-            let t: Vec<Tensor> = op
-                .inputs(&shape)?
-                .iter()
-                .map(|t| t.to_dtype(dtype)?.to_device(device))
-                .collect::<Result<_>>()?;
-            let ours = median_ms(device, runs, || op.fused(&t).map(|_| ()))?;
-            let candle = median_ms(device, runs, || {
-                match op {
-                    Op::LayerNorm => candle_nn::ops::layer_norm(&t[0], &t[1], &t[2], 1e-6),
-                    _ => candle_nn::ops::softmax_last_dim(&t[0]),
-                }
-                .map(|_| ())
-            })?;
-            println!(
-                "| {} | {shape:?} | {dtype:?} | {ours:.3} | {candle:.3} | {:.2} |",
-                op.name(),
-                candle / ours
             );
         }
     }

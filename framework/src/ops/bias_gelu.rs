@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::cpu::{Acc, Elem, cpu_dispatch, slice};
 
-/// Elements per rayon task.
+/// Elements per rayon task, at least.
 const CPU_CHUNK: usize = 1 << 14;
 
 /// `gelu_erf(x + bias)` with `bias` ([x.dim(dim)]) added along dimension `dim` of `x`;
@@ -50,10 +50,21 @@ fn fwd_cpu<T: Elem>(
 ) -> Result<(CpuStorage, Shape)> {
     let (x, b) = (slice(x, lx, "bias_gelu")?, slice(b, lb, "bias_gelu")?);
     let mut y = vec![T::store(T::A::ZERO); x.len()];
-    y.par_chunks_mut(CPU_CHUNK).zip(x.par_chunks(CPU_CHUNK)).enumerate().for_each(|(k, (y, x))| {
-        for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-            let c = ((k * CPU_CHUNK + i) / op.inner) % op.channels;
-            *y = T::store(gelu(x.load() + b[c].load()));
+    // One task per row of `channels · inner` elements (no index arithmetic per element).
+    let row = (op.channels * op.inner).max(1);
+    y.par_chunks_mut(row).zip(x.par_chunks(row)).with_min_len(CPU_CHUNK.div_ceil(row)).for_each(|(y, x)| {
+        if op.inner == 1 {
+            // The bias along the last dimension (a linear layer's): one bias element per element.
+            for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
+                *y = T::store(gelu(x.load() + b.load()));
+            }
+            return;
+        }
+        for ((y, x), b) in y.chunks_mut(op.inner.max(1)).zip(x.chunks(op.inner.max(1))).zip(b) {
+            let b = b.load();
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = T::store(gelu(x.load() + b));
+            }
         }
     });
     Ok((T::to_cpu_storage_owned(y), lx.shape().clone()))
@@ -68,13 +79,22 @@ fn bwd_cpu<T: Elem>(
     let name = "bias_gelu backward";
     let (x, b, g) = (slice(x, lx, name)?, slice(b, lb, name)?, slice(g, lg, name)?);
     let mut dx = vec![T::store(T::A::ZERO); x.len()];
-    dx.par_chunks_mut(CPU_CHUNK)
-        .zip(x.par_chunks(CPU_CHUNK).zip(g.par_chunks(CPU_CHUNK)))
-        .enumerate()
-        .for_each(|(k, (dx, (x, g)))| {
-            for (i, ((dx, &x), &g)) in dx.iter_mut().zip(x).zip(g).enumerate() {
-                let c = ((k * CPU_CHUNK + i) / op.inner) % op.channels;
-                *dx = T::store(g.load() * gelu_grad(x.load() + b[c].load()));
+    let (row, inner) = ((op.channels * op.inner).max(1), op.inner.max(1));
+    dx.par_chunks_mut(row)
+        .zip(x.par_chunks(row).zip(g.par_chunks(row)))
+        .with_min_len(CPU_CHUNK.div_ceil(row))
+        .for_each(|(dx, (x, g))| {
+            if inner == 1 {
+                for (((dx, &x), &g), &b) in dx.iter_mut().zip(x).zip(g).zip(b) {
+                    *dx = T::store(g.load() * gelu_grad(x.load() + b.load()));
+                }
+                return;
+            }
+            for (((dx, x), g), b) in dx.chunks_mut(inner).zip(x.chunks(inner)).zip(g.chunks(inner)).zip(b) {
+                let b = b.load();
+                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                    *dx = T::store(g.load() * gelu_grad(x.load() + b));
+                }
             }
         });
     Ok((T::to_cpu_storage_owned(dx), lx.shape().clone()))

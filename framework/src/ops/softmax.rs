@@ -27,22 +27,24 @@ fn fwd_cpu<T: Elem>(scale: f64, (x, lx): (&[T], &Layout)) -> Result<(CpuStorage,
     let d = lx.dims().last().copied().unwrap_or(1).max(1);
     let scale = T::A::of(scale);
     let mut y = vec![T::store(T::A::ZERO); x.len()];
-    y.par_chunks_mut(d).zip(x.par_chunks(d)).with_min_len(16).for_each(|(y, x)| {
+    // The exponentials go to a per-thread scratch row in the accumulation type, so each is
+    // computed once and half types round once.
+    let rows = y.par_chunks_mut(d).zip(x.par_chunks(d)).with_min_len(16);
+    rows.for_each_init(Vec::new, |e: &mut Vec<T::A>, (y, x)| {
         let max = x.iter().map(|v| v.load() * scale).fold(None, |m: Option<T::A>, v| match m {
             Some(m) if m >= v => Some(m),
             _ => Some(v),
         });
         let Some(max) = max else { return };
+        e.clear();
+        e.extend(x.iter().map(|v| (v.load() * scale - max).exp()));
         let mut sum = T::A::ZERO;
-        for (y, x) in y.iter_mut().zip(x) {
-            let e = (x.load() * scale - max).exp();
-            sum += e;
-            *y = T::store(e);
+        for &v in e.iter() {
+            sum += v;
         }
-        // Divided from the unrounded exponentials, so half types round once.
         let inv = T::A::of(1.0) / sum;
-        for (y, x) in y.iter_mut().zip(x) {
-            *y = T::store((x.load() * scale - max).exp() * inv);
+        for (y, &v) in y.iter_mut().zip(e.iter()) {
+            *y = T::store(v * inv);
         }
     });
     Ok((T::to_cpu_storage_owned(y), lx.shape().clone()))
