@@ -139,7 +139,8 @@ impl CustomOp2 for BiasGelu {
         } else {
             None
         };
-        Ok((Some(dx), dbias))
+        // Only an input that needs it gets a gradient: candle keeps every returned one to the end.
+        Ok((x.track_op().then_some(dx), dbias))
     }
 }
 

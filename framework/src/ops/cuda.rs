@@ -279,9 +279,11 @@ fn res_fwd<T: Kern>(a: In, m: In, minus: Option<In>, bias: Option<In>, d: usize)
 /// One warp per row: blocks of `BLOCK / 32` rows.
 fn warp_rows_config(rows: usize) -> Result<LaunchConfig> {
     let per_block = BLOCK / 32;
-    let Ok(blocks) = u32::try_from(rows.div_ceil(per_block)) else {
-        bail!("losa ops: {rows} rows is too many for one launch")
-    };
+    // The kernels index rows with 32-bit ints (one warp of 32 threads per row).
+    if rows > i32::MAX as usize / 32 {
+        bail!("losa ops: {rows} rows is too many for one launch");
+    }
+    let blocks = rows.div_ceil(per_block) as u32;
     Ok(LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (BLOCK as u32, 1, 1), shared_mem_bytes: 0 })
 }
 

@@ -112,7 +112,7 @@ impl CustomOp2 for Heads {
 
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         bias: &Tensor,
         _y: &Tensor,
         grad: &Tensor,
@@ -124,7 +124,8 @@ impl CustomOp2 for Heads {
         } else {
             None
         };
-        Ok((Some(dx), dbias))
+        // Only an input that needs it gets a gradient: candle keeps every returned one to the end.
+        Ok((x.track_op().then_some(dx), dbias))
     }
 }
 

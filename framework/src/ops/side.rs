@@ -38,7 +38,7 @@ pub struct LowRankMix {
     pub down_bias: Tensor,
     /// `[size, rank]`.
     pub up: Tensor,
-    /// `[size]`, if any.
+    /// `[width]`, if any (added along the width, whichever axis the mixer mixes).
     pub up_bias: Option<Tensor>,
     /// A dropout mask on the activation (zeros and 1/(1 − p)), shaped like it: `[batch, tokens,
     /// rank]` (channel) or `[batch, rank, width]` (token).
@@ -175,13 +175,21 @@ impl SideUpdate {
     }
 
     /// The gradients of mixer `k`'s parameters (in [`LowRankMix::params`] order, in the
-    /// accumulation dtype) and of its input `h_k` through the mixer, for `dm`, the gradient of its
-    /// output `Up(..) + bu`.
-    fn mixer_grads(&self, k: usize, dm: &Tensor) -> Result<(Vec<Tensor>, Tensor)> {
+    /// accumulation dtype; when `params`) and of its input `h_k` through the mixer (when `input`),
+    /// for `dm`, the gradient of its output `Up(..) + bu`. What is not asked for is not computed:
+    /// the first block's stream is the backbone's detached output and needs no gradient.
+    fn mixer_grads(
+        &self,
+        k: usize,
+        dm: &Tensor,
+        params: bool,
+        input: bool,
+    ) -> Result<(Vec<Tensor>, Option<Tensor>)> {
         let (mix, h, pre, a) = (&self.mixers[k], &self.inputs[k], &self.pres[k], &self.acts[k]);
-        let x = mix.normed(h, self.eps)?;
         let (batch, tokens, width) = dm.dims3()?;
         let rank = mix.down.dim(0)?;
+        // The gradient at the mixer's normed input: for `h_k`, and for the norm's own parameters.
+        let need_dx = input || (params && mix.norm.is_some());
         let mut grads = Vec::new();
         let dx = match mix.axis {
             // m = a·Wuᵀ over rows r = (batch, token): dWu = dmᵀ·a, da = dm·Wu, dWd = dpreᵀ·x,
@@ -189,42 +197,47 @@ impl SideUpdate {
             Mixer::Channel => {
                 let rows = batch * tokens;
                 let dm2 = dm.reshape((rows, width))?;
-                let d_up = dm2.t()?.matmul(&a.reshape((rows, rank))?)?;
                 let mut da = dm2.matmul(&mix.up)?;
                 if let Some(mask) = &mix.mask {
                     da = (da * mask.reshape((rows, rank))?)?;
                 }
                 let dpre = bias_gelu_dx(&pre.reshape((rows, rank))?, &mix.down_bias, &da, 1)?;
-                let d_down = dpre.t()?.matmul(&x.reshape((rows, width))?)?;
-                grads.extend([d_down, sum_along(&dpre, rank, 1)?, d_up]);
-                dpre.matmul(&mix.down)?.reshape((batch, tokens, width))?
+                if params {
+                    let x = mix.normed(h, self.eps)?;
+                    let d_down = dpre.t()?.matmul(&x.reshape((rows, width))?)?;
+                    let d_up = dm2.t()?.matmul(&a.reshape((rows, rank))?)?;
+                    grads.extend([d_down, sum_along(&dpre, rank, 1)?, d_up]);
+                }
+                need_dx.then(|| dpre.matmul(&mix.down)?.reshape((batch, tokens, width))).transpose()?
             }
             // m = Wu·a per image: dWu = Σ dm·aᵀ, da = Wuᵀ·dm, dWd = Σ dpre·xᵀ, dx = Wdᵀ·dpre.
             Mixer::Token => {
-                let per_image = |t: Tensor| sum_along(&t, t.elem_count() / batch, 1);
-                let d_up = per_image(dm.matmul(&a.transpose(1, 2)?)?)?.reshape((tokens, rank))?;
                 let mut da = mix.up.t()?.broadcast_matmul(dm)?;
                 if let Some(mask) = &mix.mask {
                     da = (da * mask)?;
                 }
                 let dpre = bias_gelu_dx(pre, &mix.down_bias, &da, 1)?;
-                let d_down = per_image(dpre.matmul(&x.transpose(1, 2)?)?)?.reshape((rank, tokens))?;
-                grads.extend([d_down, sum_along(&dpre, rank, width)?, d_up]);
-                mix.down.t()?.broadcast_matmul(&dpre)?
+                if params {
+                    let x = mix.normed(h, self.eps)?;
+                    let per_image = |t: Tensor| sum_along(&t, t.elem_count() / batch, 1);
+                    let d_down = per_image(dpre.matmul(&x.transpose(1, 2)?)?)?.reshape((rank, tokens))?;
+                    let d_up = per_image(dm.matmul(&a.transpose(1, 2)?)?)?.reshape((tokens, rank))?;
+                    grads.extend([d_down, sum_along(&dpre, rank, width)?, d_up]);
+                }
+                need_dx.then(|| mix.down.t()?.broadcast_matmul(&dpre)).transpose()?
             }
         };
-        if mix.up_bias.is_some() {
+        if params && mix.up_bias.is_some() {
             grads.push(sum_along(dm, width, 1)?);
         }
-        let dh = match &mix.norm {
-            Some((w, _)) => {
-                let (dw, db) = layer_norm_dparams(h, &dx, self.eps)?;
-                grads.splice(0..0, [dw, db]);
-                layer_norm_dx(h, w, &dx, self.eps)?
-            }
-            None => dx,
+        let (Some(dx), Some((w, _))) = (&dx, &mix.norm) else {
+            return Ok((grads, if input { dx } else { None }));
         };
-        Ok((grads, dh))
+        if params {
+            let (dw, db) = layer_norm_dparams(h, dx, self.eps)?;
+            grads.splice(0..0, [dw, db]);
+        }
+        Ok((grads, input.then(|| layer_norm_dx(h, w, dx, self.eps)).transpose()?))
     }
 }
 
@@ -266,9 +279,9 @@ impl CustomOp2 for SideUpdate {
         let mut dh = grad.contiguous()?;
         let mut per_mixer = Vec::with_capacity(self.mixers.len());
         for k in (0..self.mixers.len()).rev() {
-            let (grads, through) = self.mixer_grads(k, &dh)?;
+            let (grads, through) = self.mixer_grads(k, &dh, packed.track_op(), k > 0 || y.track_op())?;
             per_mixer.push(grads);
-            if k > 0 || y.track_op() {
+            if let Some(through) = through {
                 dh = (dh + through)?;
             }
         }
