@@ -1,7 +1,8 @@
 //! LayerNorm over the last dimension, with a backward for the input, the scale and the shift.
 //!
 //! Forward: one pass per row (mean and centred variance, then the affine), as the composition
-//! `(x − mean) / sqrt(var + eps) · w + b` that `Grad::Through` used to build from 8 primitives.
+//! `(x − mean) / sqrt(var + eps) · w + b` that the differentiable ViT path used to build from 8
+//! primitives.
 //! Backward: `dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂))` in one pass per row
 //! (recomputing the row's statistics instead of keeping them: they cost one read of the row,
 //! and keeping them would need a second output, which custom ops do not have), and, only when the

@@ -6,7 +6,7 @@ use candle_core::{D, DType, Device, Result, Tensor, Var};
 use super::{bias_gelu, layer_norm};
 use crate::vit::seeded_normal;
 
-/// The composition `Grad::Through` used before the fused op.
+/// The composition the differentiable ViT path used before the fused op.
 pub(super) fn layer_norm_unfused(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
