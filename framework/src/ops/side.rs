@@ -142,7 +142,8 @@ pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> R
             last = Some(m);
         }
     }
-    let op = SideUpdate { mixers, inputs, pres, acts, features, last: Mutex::new(last), eps };
+    let last = Mutex::new(last.map(|m| (m, features)));
+    let op = SideUpdate { mixers, inputs, pres, acts, last, eps };
     y.apply_op2(&packed, op)
 }
 
@@ -158,20 +159,20 @@ struct SideUpdate {
     /// Each mixer's activation, dropped out (rank-sized; kept, as recomputing it costs an erf per
     /// element, which dominates the element-wise work on the CPU).
     acts: Vec<Tensor>,
-    /// `b`, detached and contiguous.
-    features: Tensor,
-    /// The last mixer's `Up(..)`, until the forward consumes it.
-    last: Mutex<Option<Tensor>>,
+    /// What only the forward reads, until it consumes it: the last mixer's `Up(..)` and `b`
+    /// (detached, contiguous). Dropped then, so the graph does not hold a copy of the features
+    /// (on CUDA an f32 copy of the bf16 block output) through the backward.
+    last: Mutex<Option<(Tensor, Tensor)>>,
     eps: f64,
 }
 
 impl SideUpdate {
     fn output(&self) -> Result<(Storage, Shape)> {
-        let m = self.last.lock().ok().and_then(|mut m| m.take());
-        let (Some(m), Some(h), Some(mix)) = (m, self.inputs.last(), self.mixers.last()) else {
+        let last = self.last.lock().ok().and_then(|mut last| last.take());
+        let (Some((m, features)), Some(h), Some(mix)) = (last, self.inputs.last(), self.mixers.last()) else {
             bail!("side_update: forward ran twice");
         };
-        residual_storage(h, &m, Some(&self.features), mix.up_bias.as_ref())
+        residual_storage(h, &m, Some(&features), mix.up_bias.as_ref())
     }
 
     /// The gradients of mixer `k`'s parameters (in [`LowRankMix::params`] order, in the
