@@ -153,6 +153,42 @@ impl Losa {
         shape[dim] = bias.dim(0)?;
         activate(&a.broadcast_add(&bias.reshape(shape)?)?, self.activation)
     }
+
+    /// The logits, each side block fused into one op or composed (`fused` needs GELU).
+    pub(crate) fn forward_with(&self, vit: &Vit, taps: &Taps, train: bool, fused: bool) -> Result<Tensor> {
+        if fused && !matches!(self.activation, Activation::Gelu) {
+            candle_core::bail!("losa: the fused side blocks compute GELU, not {:?}", self.activation);
+        }
+        let dtype = self.head.weight.dtype();
+        let order = self.taps();
+        let block = |i: usize| -> Result<Tensor> {
+            let at = order
+                .iter()
+                .position(|&t| t == i)
+                .ok_or_else(|| candle_core::Error::Msg(format!("block {i} not tapped")))?;
+            taps.blocks[at].to_dtype(dtype)
+        };
+        let mut y = block(self.depth - 1)?;
+        let eps = vit.config.norm_eps;
+        for (&i, parts) in &self.mixers {
+            y = match fused {
+                true => ops::side_update(&block(i)?, &y, &self.side_mixes(parts, &y, train)?, eps)?,
+                false => {
+                    let z = (block(i)? + &y)?;
+                    (&y + self.mix(parts, &z, eps, train)?)?
+                }
+            };
+        }
+        // The backbone's final norm (frozen, but differentiable in y) then the head, so that with
+        // g ≡ 0 this is exactly the linear probe on the backbone's final features.
+        // Detached: the norm's parameters are the backbone's and must get no gradient.
+        let norm = LayerNorm {
+            weight: vit.norm.weight.detach().to_dtype(dtype)?,
+            bias: vit.norm.bias.detach().to_dtype(dtype)?,
+            eps: vit.norm.eps,
+        };
+        self.head.forward(vit, &norm.forward(&y)?)
+    }
 }
 
 impl Adaptation for Losa {
@@ -209,43 +245,5 @@ impl Adaptation for Losa {
         // GELU (the default): each block as one op with a hand-written backward (ops::side_update);
         // other activations composed from candle ops.
         self.forward_with(vit, taps, train, matches!(self.activation, Activation::Gelu))
-    }
-}
-
-impl Losa {
-    /// The logits, each side block fused into one op or composed (`fused` needs GELU).
-    pub(crate) fn forward_with(&self, vit: &Vit, taps: &Taps, train: bool, fused: bool) -> Result<Tensor> {
-        if fused && !matches!(self.activation, Activation::Gelu) {
-            candle_core::bail!("losa: the fused side blocks compute GELU, not {:?}", self.activation);
-        }
-        let dtype = self.head.weight.dtype();
-        let order = self.taps();
-        let block = |i: usize| -> Result<Tensor> {
-            let at = order
-                .iter()
-                .position(|&t| t == i)
-                .ok_or_else(|| candle_core::Error::Msg(format!("block {i} not tapped")))?;
-            taps.blocks[at].to_dtype(dtype)
-        };
-        let mut y = block(self.depth - 1)?;
-        let eps = vit.config.norm_eps;
-        for (&i, parts) in &self.mixers {
-            y = match fused {
-                true => ops::side_update(&block(i)?, &y, &self.side_mixes(parts, &y, train)?, eps)?,
-                false => {
-                    let z = (block(i)? + &y)?;
-                    (&y + self.mix(parts, &z, eps, train)?)?
-                }
-            };
-        }
-        // The backbone's final norm (frozen, but differentiable in y) then the head, so that with
-        // g ≡ 0 this is exactly the linear probe on the backbone's final features.
-        // Detached: the norm's parameters are the backbone's and must get no gradient.
-        let norm = LayerNorm {
-            weight: vit.norm.weight.detach().to_dtype(dtype)?,
-            bias: vit.norm.bias.detach().to_dtype(dtype)?,
-            eps: vit.norm.eps,
-        };
-        self.head.forward(vit, &norm.forward(&y)?)
     }
 }

@@ -9,7 +9,7 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu::{Elem, cpu_dispatch, slice};
+use super::cpu::{Elem, slice};
 
 const NAME: &str = "residual";
 
@@ -62,14 +62,7 @@ pub(crate) fn residual_storage(
                     Some(_) => bail!("{NAME}: inputs on different devices"),
                 }
             }
-            let inputs = ((sa, la), (sm, lm), cpu(minus)?, cpu(bias)?);
-            let out = match a.dtype() {
-                DType::F32 => fwd_cpu::<f32>(inputs, d)?,
-                DType::F64 => fwd_cpu::<f64>(inputs, d)?,
-                DType::F16 => fwd_cpu::<half::f16>(inputs, d)?,
-                DType::BF16 => fwd_cpu::<half::bf16>(inputs, d)?,
-                other => bail!("{NAME}: no kernel for {other:?}"),
-            };
+            let out = residual_cpu(((sa, la), (sm, lm), cpu(minus)?, cpu(bias)?), d)?;
             Ok((Storage::Cpu(out), shape))
         }
         #[cfg(feature = "cuda")]
@@ -90,6 +83,17 @@ pub(crate) fn residual_storage(
 }
 
 type In<'a> = (&'a CpuStorage, &'a Layout);
+
+/// The CPU kernel for the inputs' dtype.
+fn residual_cpu(inputs: (In, In, Option<In>, Option<In>), d: usize) -> Result<CpuStorage> {
+    match candle_core::backend::BackendStorage::dtype(inputs.0.0) {
+        DType::F32 => fwd_cpu::<f32>(inputs, d),
+        DType::F64 => fwd_cpu::<f64>(inputs, d),
+        DType::F16 => fwd_cpu::<half::f16>(inputs, d),
+        DType::BF16 => fwd_cpu::<half::bf16>(inputs, d),
+        other => bail!("{NAME}: no kernel for {other:?}"),
+    }
+}
 
 fn fwd_cpu<T: Elem>((a, m, minus, bias): (In, In, Option<In>, Option<In>), d: usize) -> Result<CpuStorage> {
     fn get<'a, T: Elem>((s, l): In<'a>) -> Result<&'a [T]> {
@@ -139,26 +143,6 @@ struct BiasResidual {
     d: usize,
 }
 
-fn bias_residual_cpu<T: Elem>(
-    d: usize,
-    x: (&[T], &Layout),
-    m: (&[T], &Layout),
-    b: (&[T], &Layout),
-) -> Result<CpuStorage> {
-    let (x, m, b) = (slice(x.0, x.1, NAME)?, slice(m.0, m.1, NAME)?, slice(b.0, b.1, NAME)?);
-    let mut out = vec![T::store(<T::A as super::cpu::Acc>::ZERO); x.len()];
-    if d > 0 {
-        out.par_chunks_mut(d).zip(x.par_chunks(d).zip(m.par_chunks(d))).with_min_len(16).for_each(
-            |(o, (x, m))| {
-                o.iter_mut().zip(x.iter().zip(m).zip(b)).for_each(|(o, ((x, m), b))| {
-                    *o = T::store(x.load() + m.load() + b.load());
-                })
-            },
-        );
-    }
-    Ok(T::to_cpu_storage_owned(out))
-}
-
 impl CustomOp3 for BiasResidual {
     fn name(&self) -> &'static str {
         "losa-bias-residual"
@@ -173,8 +157,9 @@ impl CustomOp3 for BiasResidual {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let shape = l1.shape().clone();
-        cpu_dispatch!(self.name(), bias_residual_cpu(self.d; s1: l1, s2: l2, s3: l3)).map(|s| (s, shape))
+        // The residual kernel with a bias and nothing to subtract, as on CUDA.
+        let out = residual_cpu(((s1, l1), (s2, l2), None, Some((s3, l3))), self.d)?;
+        Ok((out, l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
