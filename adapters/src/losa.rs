@@ -13,13 +13,18 @@
 //! parameter without effect (a finite-difference test found its gradient exactly zero).
 //! Down-projections are LeCun normal, up-projections zero, so `g ≡ 0` and training starts as a
 //! linear probe.
+//!
+//! The side network computes in the backbone's dtype by default (`side_dtype`): on a bf16
+//! backbone its activations are bf16 and its f32 parameters are cast for each step, as PyTorch's
+//! bf16 autocast runs it; gradients and optimiser state stay f32. Its traffic over the
+//! `[batch, tokens, width]` features, which is its cost on a GPU, halves.
 
 use std::collections::BTreeMap;
 
 use candle_core::{Result, Shape, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse, Taps, compute_taps};
 use losa_framework::ops;
-use losa_framework::recipe::{Activation, LosaConfig, Mixer, MixerNorm};
+use losa_framework::recipe::{Activation, LosaConfig, Mixer, MixerNorm, SideDtype};
 use losa_framework::vit::{LayerNorm, Vit};
 
 use crate::common::{Dropout, Head, Init, activate};
@@ -48,6 +53,7 @@ pub struct Losa {
     pub mixers: BTreeMap<usize, Vec<LowRank>>,
     activation: Activation,
     dropout: Dropout,
+    side_dtype: SideDtype,
     depth: usize,
     /// The classifier on the final norm of y_L.
     pub head: Head,
@@ -82,36 +88,44 @@ impl Losa {
             mixers.insert(block, parts);
         }
         let dropout = Dropout::new(config.dropout, init.fork());
-        Ok(Self { mixers, activation: config.activation, dropout, depth: vit.config.shape.depth, head })
+        Ok(Self {
+            mixers,
+            activation: config.activation,
+            dropout,
+            side_dtype: config.side_dtype,
+            depth: vit.config.shape.depth,
+            head,
+        })
     }
 
-    /// `g_i(z)` for the mixers of one block, composed from candle ops: the path of activations
-    /// other than GELU, and the reference that `ops::side_update` is tested against.
+    /// `g_i(z)` for the mixers of one block, composed from candle ops in `z`'s dtype (the
+    /// parameters cast to it, differentiably): the path of activations other than GELU, and the
+    /// reference that `ops::side_update` is tested against.
     pub(crate) fn mix(&self, parts: &[LowRank], z: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+        let cast = |v: &Var| v.as_tensor().to_dtype(z.dtype());
         let mut h = z.clone();
         for p in parts {
             let x = match &p.norm {
-                Some((w, b)) => LayerNorm { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), eps }
-                    .forward(&h)?,
+                Some((w, b)) => LayerNorm { weight: cast(w)?, bias: cast(b)?, eps }.forward(&h)?,
                 None => h.clone(),
             };
-            let (down, up) = (p.down.as_tensor(), p.up.as_tensor());
+            let (down, up) = (&cast(&p.down)?, &cast(&p.up)?);
             let y = match p.axis {
                 // [batch, tokens, width] · Wdᵀ → [batch, tokens, rank] → · Wuᵀ → [batch, tokens, width].
                 Mixer::Channel => {
-                    let a = self.act(&x.broadcast_matmul(&down.t()?)?, p.down_bias.as_tensor(), 2)?;
+                    let a = self.act(&x.broadcast_matmul(&down.t()?)?, &cast(&p.down_bias)?, 2)?;
                     self.dropout.apply(&a, train)?.broadcast_matmul(&up.t()?)?
                 }
                 // Wd [r_t, tokens] · X [batch, tokens, width] → [batch, r_t, width], then
                 // Wu [tokens, r_t] · A → [batch, tokens, width]: the matmul from the left mixes the
                 // tokens with no transposed copy of X or of the result (the paper's `(·)ᵀ`).
                 Mixer::Token => {
-                    let a = self.act(&down.broadcast_matmul(&x)?, p.down_bias.as_tensor(), 1)?;
+                    let a = self.act(&down.broadcast_matmul(&x)?, &cast(&p.down_bias)?, 1)?;
                     up.broadcast_matmul(&self.dropout.apply(&a, train)?)?
                 }
             };
             h = match &p.up_bias {
-                Some(bias) => (h + y.broadcast_add(bias.as_tensor())?)?,
+                Some(bias) => (h + y.broadcast_add(&cast(bias)?)?)?,
                 None => (h + y)?,
             };
         }
@@ -159,7 +173,13 @@ impl Losa {
         if fused && !matches!(self.activation, Activation::Gelu) {
             candle_core::bail!("losa: the fused side blocks compute GELU, not {:?}", self.activation);
         }
-        let dtype = self.head.weight.dtype();
+        // The side network computes in the backbone's dtype (as under autocast) or in the
+        // parameters' own; the head and the final norm in the parameters'.
+        let params = self.head.weight.dtype();
+        let dtype = match (self.side_dtype, taps.blocks.first()) {
+            (SideDtype::Backbone, Some(b)) => b.dtype(),
+            _ => params,
+        };
         let order = self.taps();
         let block = |i: usize| -> Result<Tensor> {
             let at = order
@@ -183,11 +203,11 @@ impl Losa {
         // g ≡ 0 this is exactly the linear probe on the backbone's final features.
         // Detached: the norm's parameters are the backbone's and must get no gradient.
         let norm = LayerNorm {
-            weight: vit.norm.weight.detach().to_dtype(dtype)?,
-            bias: vit.norm.bias.detach().to_dtype(dtype)?,
+            weight: vit.norm.weight.detach().to_dtype(params)?,
+            bias: vit.norm.bias.detach().to_dtype(params)?,
             eps: vit.norm.eps,
         };
-        self.head.forward(vit, &norm.forward(&y)?)
+        self.head.forward(vit, &norm.forward(&y.to_dtype(params)?)?)
     }
 }
 

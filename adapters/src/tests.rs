@@ -416,3 +416,50 @@ fn losa_fused_side_blocks_match_the_composed_ones_with_dropout() {
         }
     }
 }
+
+/// ‖a − b‖ / ‖b‖, in f64.
+fn rel_norm(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
+    let diff = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    (diff / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).sqrt()
+}
+
+/// On a bf16 backbone with f32 parameters, LoSA's side network computes in bf16 by default (as
+/// under autocast) and in f32 when asked: logits and gradients in f32 either way, within bf16's
+/// rounding of each other, fused and composed blocks alike; on an f32 backbone both are one path.
+#[test]
+fn losa_side_network_computes_in_the_backbone_dtype_with_f32_parameters() {
+    let images = seeded_normal((2, 3, 8, 8), 1.0, 12, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let probe = seeded_normal((2, 5), 1.0, 13, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let run = |backbone_dtype: DType, side_dtype: SideDtype, fused: bool| {
+        let vit = backbone(backbone_dtype);
+        let config = LosaConfig { channel_rank: 4, token_rank: 3, side_dtype, ..Default::default() };
+        let mut init = crate::common::Init::new(5, &Device::Cpu, DType::F32);
+        let head = crate::common::Head::new(&mut init, 12, 5, Pool::Mean).unwrap();
+        let losa = crate::losa::Losa::new(&config, &vit, head, &mut init).unwrap();
+        randomise(&losa);
+        let taps = compute_taps(&vit, &images.to_dtype(backbone_dtype).unwrap(), &losa.taps()).unwrap();
+        let logits = losa.forward_with(&vit, &taps, true, fused).unwrap();
+        let grads = (&logits * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![logits];
+        out.extend(
+            losa.trainable().iter().map(|(_, v)| grads.get(v.as_tensor()).expect("a gradient").clone()),
+        );
+        out
+    };
+    let f32_side = run(DType::BF16, SideDtype::F32, true);
+    for fused in [true, false] {
+        let bf16_side = run(DType::BF16, SideDtype::Backbone, fused);
+        for (k, (b, f)) in bf16_side.iter().zip(&f32_side).enumerate() {
+            assert_eq!(b.dtype(), DType::F32, "output {k}");
+            let (err, tol) = (rel_norm(b, f), if k == 0 { 3e-2 } else { 1e-1 });
+            assert!(err < tol, "fused={fused}: output {k} differs by {err:e} (tolerance {tol:e})");
+        }
+    }
+    // The bf16 side network is a different computation, not the f32 one relabelled.
+    assert!(rel_norm(&run(DType::BF16, SideDtype::Backbone, true)[0], &f32_side[0]) > 0.0);
+    let (a, b) = (run(DType::F32, SideDtype::Backbone, true), run(DType::F32, SideDtype::F32, true));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(rel_norm(x, y), 0.0);
+    }
+}

@@ -17,7 +17,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
 
 use super::bias_gelu::bias_gelu_dx;
 use super::layer_norm::{layer_norm_dparams, layer_norm_dx};
@@ -52,18 +52,18 @@ impl LowRankMix {
         norm.chain([&self.down, &self.down_bias, &self.up]).chain(&self.up_bias).collect()
     }
 
-    /// A copy that builds no graph.
-    fn detached(&self) -> Self {
-        let d = |t: &Tensor| t.detach();
-        Self {
+    /// A copy that builds no graph, in `dtype`.
+    fn detached(&self, dtype: DType) -> Result<Self> {
+        let d = |t: &Tensor| t.detach().to_dtype(dtype);
+        Ok(Self {
             axis: self.axis,
-            norm: self.norm.as_ref().map(|(w, b)| (d(w), d(b))),
-            down: d(&self.down),
-            down_bias: d(&self.down_bias),
-            up: d(&self.up),
-            up_bias: self.up_bias.as_ref().map(d),
-            mask: self.mask.as_ref().map(d),
-        }
+            norm: self.norm.as_ref().map(|(w, b)| Ok::<_, candle_core::Error>((d(w)?, d(b)?))).transpose()?,
+            down: d(&self.down)?,
+            down_bias: d(&self.down_bias)?,
+            up: d(&self.up)?,
+            up_bias: self.up_bias.as_ref().map(d).transpose()?,
+            mask: self.mask.as_ref().map(d).transpose()?,
+        })
     }
 
     /// `LN(h)`, or `h` with no norm.
@@ -110,7 +110,10 @@ impl LowRankMix {
 
 /// `y + g(b + y)` for the mixers in order (see the module docs), differentiable in `y` and in
 /// every mixer's parameters, never in `b` (the frozen backbone's block output). `b` and `y` are
-/// `[batch, tokens, width]`; all tensors of one dtype and device.
+/// `[batch, tokens, width]`, of one dtype, in which the block computes (matmuls, norms and
+/// activations, as an autocast region would); the parameters may be of another dtype (f32 master
+/// weights for a bf16 block), are cast once per call, and get their gradients in their own dtype.
+/// All on one device.
 pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> Result<Tensor> {
     if mixers.is_empty() {
         bail!("side_update: no mixers");
@@ -122,10 +125,13 @@ pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> R
             y.dims()
         );
     }
+    if b.dtype() != y.dtype() {
+        bail!("side_update: features in {:?} and stream in {:?} must be of one dtype", b.dtype(), y.dtype());
+    }
     let params: Vec<Tensor> =
         mixers.iter().flat_map(LowRankMix::params).map(Tensor::flatten_all).collect::<Result<_>>()?;
     let packed = Tensor::cat(&params, 0)?;
-    let mixers: Vec<LowRankMix> = mixers.iter().map(LowRankMix::detached).collect();
+    let mixers: Vec<LowRankMix> = mixers.iter().map(|m| m.detached(y.dtype())).collect::<Result<_>>()?;
     let features = b.detach().contiguous()?;
     let mut h = residual(&features, &y.detach(), None, None)?;
     let (mut inputs, mut pres, mut acts, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);

@@ -233,3 +233,53 @@ fn side_update_gives_no_gradient_to_the_features_and_none_to_an_untracked_stream
         assert!(max_rel_err(g, t, 1e-12) < 1e-14, "a parameter's gradient depends on the stream's");
     }
 }
+
+/// Half-precision activations with f32 parameters (LoSA's side network on a bf16 backbone, as
+/// under autocast): the block computes exactly as with the parameters cast to the half dtype, and
+/// the parameters get their gradients in f32, unrounded: rounded to the half dtype they are the
+/// all-half run's, and they stay within the half dtype's tolerance of the f64 reference.
+#[test]
+fn side_update_with_f32_parameters_computes_in_the_stream_dtype() {
+    let probe = normal(&SHAPE, 1.0, 9);
+    for case in [CASES[0], CASES[1]] {
+        let inputs = case.inputs();
+        let reference =
+            grads_of(&inputs, &probe, |t| side_unfused(&features(DType::F64), &t[0], &case.mixes(&t[1..])));
+        for dtype in [DType::BF16, DType::F16] {
+            let mut mixed: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(DType::F32).unwrap()).collect();
+            mixed[0] = inputs[0].to_dtype(dtype).unwrap();
+            let half: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(dtype).unwrap()).collect();
+            let run = |t: &[Tensor]| side_update(&features(dtype), &t[0], &case.mixes(&t[1..]), EPS);
+            let (out_mixed, out_half) = (run(&mixed).unwrap(), run(&half).unwrap());
+            assert_eq!(out_mixed.dtype(), dtype);
+            assert_eq!(values(&out_mixed), values(&out_half), "{case:?} {dtype:?}: outputs differ");
+            let (g_mixed, g_half) = (grads_of(&mixed, &probe, run), grads_of(&half, &probe, run));
+            let (tol, _) = tolerance(dtype);
+            let vars: Vec<Var> = mixed.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let store = run(&ts).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            for v in &vars {
+                assert_eq!(
+                    store.get(v.as_tensor()).unwrap().dtype(),
+                    v.dtype(),
+                    "a gradient in its own dtype"
+                );
+            }
+            // (grads_of returns f64, exactly the f32 values: rounding them to the half dtype
+            // rounds the f32 values.)
+            for (k, ((m, h), r)) in g_mixed.iter().zip(&g_half).zip(&reference).enumerate() {
+                let rounded = m.to_dtype(dtype).unwrap();
+                assert_eq!(values(&rounded), values(h), "{case:?} {dtype:?}: gradient {k}");
+                assert!(norm_err(m, r) < tol, "{case:?} {dtype:?}: gradient {k} {:e}", norm_err(m, r));
+            }
+        }
+    }
+}
+
+#[test]
+fn side_update_refuses_features_and_stream_of_different_dtypes() {
+    let case = CASES[0];
+    let inputs = case.inputs();
+    let err = side_update(&features(DType::F32), &inputs[0], &case.mixes(&inputs[1..]), EPS).unwrap_err();
+    assert!(err.to_string().contains("must be of one dtype"), "{err}");
+}

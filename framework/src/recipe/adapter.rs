@@ -224,8 +224,23 @@ adapter_config!(
         dropout: f64 = 0.0,
         /// Backbone blocks whose outputs feed the side network. Default: "all".
         blocks: Blocks = Blocks::default(),
+        /// Number format of the side network's activations: "backbone" (the frozen backbone's,
+        /// so bf16 on CUDA by default, as PyTorch's bf16 autocast runs it) or "f32". Parameters,
+        /// their gradients and the optimiser state are f32 either way. Default: "backbone".
+        side_dtype: SideDtype = SideDtype::Backbone,
     }
 );
+
+/// Number format of LoSA's side network's activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SideDtype {
+    /// The frozen backbone's dtype (`backbone.dtype`): half the memory traffic of f32 with a
+    /// half-precision backbone.
+    Backbone,
+    /// 32-bit float, whatever the backbone computes in.
+    F32,
+}
 
 /// One low-rank mixing MLP of LoSA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -55,6 +55,7 @@ fn a_minimal_recipe_gets_every_default() {
     let AdapterConfig::Losa(l) = &r.adapters[0] else { panic!("not losa") };
     assert_eq!((l.channel_rank, l.token_rank, l.pool), (8, 8, Pool::Mean));
     assert_eq!(l.mixers, vec![Mixer::Channel, Mixer::Token]);
+    assert_eq!(l.side_dtype, SideDtype::Backbone);
     assert_eq!(r.datasets[0], DatasetConfig::Synthetic(SyntheticConfig::default()));
 }
 
@@ -90,6 +91,13 @@ fn set_values_are_toml_literals_or_bare_words() {
     let r = load_with(MINIMAL, &["adapters=[{kind = \"lora\", rank = 4}, {kind = \"vpt\"}]"], &[]).unwrap();
     assert_eq!(r.adapters.len(), 2);
     assert!(matches!(&r.adapters[0], AdapterConfig::Lora(l) if l.rank == 4));
+    let r = load_with(MINIMAL, &["adapters=[{kind = \"losa\", side_dtype = \"f32\"}]"], &[]).unwrap();
+    assert!(matches!(&r.adapters[0], AdapterConfig::Losa(l) if l.side_dtype == SideDtype::F32));
+    let ps = match load_with(MINIMAL, &["adapters=[{kind = \"losa\", side_dtype = \"bf16\"}]"], &[]) {
+        Err(RecipeError::Invalid { problems, .. }) => problems,
+        other => panic!("expected an invalid recipe, got {other:?}"),
+    };
+    assert!(has(&ps, "adapters[0].side_dtype", "\"backbone\""), "{ps:#?}");
 }
 
 #[test]
