@@ -17,7 +17,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
 
 use super::bias_gelu::bias_gelu_dx;
 use super::layer_norm::{layer_norm_dparams, layer_norm_dx};
@@ -52,18 +52,23 @@ impl LowRankMix {
         norm.chain([&self.down, &self.down_bias, &self.up]).chain(&self.up_bias).collect()
     }
 
-    /// A copy that builds no graph, in `dtype`.
-    fn detached(&self, dtype: DType) -> Result<Self> {
-        let d = |t: &Tensor| t.detach().to_dtype(dtype);
-        Ok(Self {
-            axis: self.axis,
-            norm: self.norm.as_ref().map(|(w, b)| Ok::<_, candle_core::Error>((d(w)?, d(b)?))).transpose()?,
-            down: d(&self.down)?,
-            down_bias: d(&self.down_bias)?,
-            up: d(&self.up)?,
-            up_bias: self.up_bias.as_ref().map(d).transpose()?,
-            mask: self.mask.as_ref().map(d).transpose()?,
-        })
+    /// This mixer with its parameters replaced by consecutive views of `flat` from `offset` on,
+    /// in [`LowRankMix::params`] order (the packed parameters, cast once for all), and its mask in
+    /// `flat`'s dtype: a copy that builds no graph.
+    fn viewed(&self, flat: &Tensor, offset: &mut usize) -> Result<Self> {
+        let mut take = |t: &Tensor| -> Result<Tensor> {
+            let view = flat.narrow(0, *offset, t.elem_count())?.reshape(t.shape())?;
+            *offset += t.elem_count();
+            Ok(view)
+        };
+        let norm = match &self.norm {
+            Some((w, b)) => Some((take(w)?, take(b)?)),
+            None => None,
+        };
+        let (down, down_bias, up) = (take(&self.down)?, take(&self.down_bias)?, take(&self.up)?);
+        let up_bias = self.up_bias.as_ref().map(&mut take).transpose()?;
+        let mask = self.mask.as_ref().map(|m| m.detach().to_dtype(flat.dtype())).transpose()?;
+        Ok(Self { axis: self.axis, norm, down, down_bias, up, up_bias, mask })
     }
 
     /// `LN(h)`, or `h` with no norm.
@@ -131,7 +136,11 @@ pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> R
     let params: Vec<Tensor> =
         mixers.iter().flat_map(LowRankMix::params).map(Tensor::flatten_all).collect::<Result<_>>()?;
     let packed = Tensor::cat(&params, 0)?;
-    let mixers: Vec<LowRankMix> = mixers.iter().map(|m| m.detached(y.dtype())).collect::<Result<_>>()?;
+    // One cast for all parameters (not one per tensor: on a GPU each is a kernel launch).
+    let compute = packed.detach().to_dtype(y.dtype())?;
+    let mut offset = 0;
+    let mixers: Vec<LowRankMix> =
+        mixers.iter().map(|m| m.viewed(&compute, &mut offset)).collect::<Result<_>>()?;
     let features = b.detach().contiguous()?;
     let mut h = residual(&features, &y.detach(), None, None)?;
     let (mut inputs, mut pres, mut acts, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);
@@ -156,7 +165,7 @@ pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> R
 /// The graph node of one [`side_update`]: its inputs are `y` and the packed parameters; its
 /// forward writes `h_{K−1} + m_K + bu_K − b` (the last mixer's residual, with `−z + y` folded in).
 struct SideUpdate {
-    /// The mixers, detached.
+    /// The mixers, detached, in the block's compute dtype.
     mixers: Vec<LowRankMix>,
     /// Each mixer's input `h_k` (`h_0 = z`).
     inputs: Vec<Tensor>,
