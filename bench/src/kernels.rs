@@ -3,9 +3,12 @@
 //! NaN (`ops::poison_outputs`), so an element a kernel leaves unwritten fails the check; then the
 //! time of each op forward + backward, fused against the unfused composition. Prints pass/fail and
 //! timing tables and exits 1 on any failure. `bench/run_gpu.sh` runs it on the GPU.
-//! `--frozen-only` skips the check and prints only the last table: the frozen forward's ops against
+//! Then the same for the in-place AdamW update (three steps, clipping in the second), and the time
+//! of one optimiser step over LoSA's ViT-B/16 parameters, fused against the composition.
+//! `--optimizer-only` runs only the AdamW check and timing. `--frozen-only` skips the checks and
+//! prints only the last table: the frozen forward's ops against
 //! the candle ops they replaced, at `--frozen-shape batch,tokens,width,heads` (default ViT-B/16).
-//!   kernels [--device cuda|cpu] [--runs 20] [--frozen-only] [--frozen-shape 64,197,768,12]
+//!   kernels [--device cuda|cpu] [--runs 20] [--frozen-only | --optimizer-only] [--frozen-shape 64,197,768,12]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::time::Instant;
@@ -282,16 +285,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-const USAGE: &str =
-    "usage: kernels [--device cuda|cpu] [--runs 20] [--frozen-only] [--frozen-shape 64,197,768,12]";
+const USAGE: &str = "usage: kernels [--device cuda|cpu] [--runs 20] [--frozen-only | --optimizer-only] \
+                     [--frozen-shape 64,197,768,12]";
 
 fn check() -> std::result::Result<bool, String> {
     let (mut device, mut runs, mut frozen_only, mut frozen) =
         (DeviceSpec::Auto, 20usize, false, [64, 197, 768, 12]);
+    let mut optimizer_only = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--frozen-only" {
             frozen_only = true;
+            continue;
+        }
+        if flag == "--optimizer-only" {
+            optimizer_only = true;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -311,7 +319,15 @@ fn check() -> std::result::Result<bool, String> {
         }
     }
     let device = device.open().map_err(|e| e.to_string())?;
-    let ok = if frozen_only { true } else { check_on(&device, runs).map_err(|e| e.to_string())? };
+    if optimizer_only {
+        return optimizer(&device, runs).map_err(|e| e.to_string());
+    }
+    let ok = if frozen_only {
+        true
+    } else {
+        let ops = check_on(&device, runs).map_err(|e| e.to_string())?;
+        optimizer(&device, runs).map_err(|e| e.to_string())? && ops
+    };
     frozen_table(&device, runs, frozen).map_err(|e| e.to_string())?;
     Ok(ok)
 }
@@ -461,5 +477,107 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         }
     }
     println!("\nkernel check: {}", if ok { "all pass" } else { "FAILURES above" });
+    Ok(ok)
+}
+
+/// The parameter shapes of LoSA's default side network and head on ViT-B/16 (width 768, 197
+/// tokens, ranks 8, 100 classes): per block a channel mixer (norm, down, its bias, up, its bias)
+/// and a token mixer (norm, down, its bias, up).
+fn losa_b16_shapes() -> Vec<Vec<usize>> {
+    let (d, n, r) = (768, 197, 8);
+    let mut shapes = Vec::new();
+    for _ in 0..12 {
+        shapes.extend([vec![d], vec![d], vec![r, d], vec![r], vec![d, r], vec![d]]);
+        shapes.extend([vec![d], vec![d], vec![r, n], vec![r], vec![n, r]]);
+    }
+    shapes.extend([vec![100, d], vec![100]]);
+    shapes
+}
+
+/// AdamW composed from candle ops, as the optimiser ran it before `ops::adamw_update`:
+/// `(p, m, v)`.
+fn adamw_composed(
+    p: &Tensor,
+    g: &Tensor,
+    mv: Option<(&Tensor, &Tensor)>,
+    h: &ops::AdamWStep,
+) -> Result<[Tensor; 3]> {
+    let [b1, b2] = h.betas;
+    let (m, v) = match mv {
+        Some((m, v)) => (((m * b1)? + (g * (1.0 - b1))?)?, ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?),
+        None => ((g * (1.0 - b1))?, (g.sqr()? * (1.0 - b2))?),
+    };
+    let t = h.step as i32;
+    let denom = ((v.sqrt()? / (1.0 - b2.powi(t)).sqrt())? + h.eps)?;
+    let p = ((p * (1.0 - h.lr * h.weight_decay))? - ((&m / denom)? * (h.lr / (1.0 - b1.powi(t))))?)?;
+    Ok([p, m, v])
+}
+
+/// The in-place AdamW update on `device` against the CPU (parameter and moments after three
+/// steps, the second clipped), then one optimiser step over LoSA's B/16 parameters timed.
+fn optimizer(device: &Device, runs: usize) -> Result<bool> {
+    let mut ok = true;
+    println!("\n# adamw_update on {device:?} against the CPU fallback, after 3 steps (error as above)");
+    println!("| elements | dtype | output | error | tolerance | result |");
+    println!("|---:|---|---|---:|---:|---|");
+    for n in [40_001, 7] {
+        for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+            let run_on = |dev: &Device| -> Result<(Tensor, Tensor)> {
+                let p = seeded_normal(n, 1.0, 1, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+                let state = Tensor::zeros((2, n), dtype, dev)?;
+                for (step, clip) in [(1u64, 1.0), (2, 0.7), (3, 1.0)] {
+                    let g =
+                        seeded_normal(n, 0.1, 10 + step, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+                    let h =
+                        ops::AdamWStep { lr: 1e-2, weight_decay: 0.05, betas: [0.9, 0.999], eps: 1e-8, step };
+                    ops::adamw_update(&p, &g, &state, &Tensor::new(&[clip], dev)?, &h)?;
+                }
+                Ok((p, state))
+            };
+            let (cpu, dev) = (run_on(&Device::Cpu)?, run_on(device)?);
+            for (name, a, b) in [("parameter", &dev.0, &cpu.0), ("moments", &dev.1, &cpu.1)] {
+                let err = scaled_err(a, b)?;
+                let pass = err <= tolerance(dtype);
+                ok &= pass;
+                let verdict = if pass { "pass" } else { "FAIL" };
+                println!("| {n} | {dtype:?} | {name} | {err:.2e} | {:.0e} | {verdict} |", tolerance(dtype));
+            }
+        }
+    }
+    let shapes = losa_b16_shapes();
+    let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+    let h = ops::AdamWStep { lr: 1e-3, weight_decay: 0.0, betas: [0.9, 0.999], eps: 1e-8, step: 3 };
+    let params = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let p = seeded_normal(s.as_slice(), 1.0, i as u64, &Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .to_device(device)?;
+            let g = seeded_normal(s.as_slice(), 0.1, 500 + i as u64, &Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .to_device(device)?;
+            let state = Tensor::zeros((2, p.elem_count()), DType::F32, device)?;
+            Ok((Var::from_tensor(&p)?, g, state))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let clip = Tensor::new(&[1.0f64], device)?;
+    let fused = median_ms(device, runs, || {
+        params.iter().try_for_each(|(p, g, state)| ops::adamw_update(p.as_tensor(), g, state, &clip, &h))
+    })?;
+    let composed = median_ms(device, runs, || {
+        params.iter().try_for_each(|(p, g, state)| {
+            let (m, v) = (state.get(0)?.reshape(p.shape())?, state.get(1)?.reshape(p.shape())?);
+            let [new, _, _] = adamw_composed(p.as_tensor(), g, Some((&m, &v)), &h)?;
+            p.set(&new)
+        })
+    })?;
+    println!(
+        "\n# one AdamW step over LoSA's ViT-B/16 parameters ({} tensors, {total} f32 values), median of {runs} runs on {device:?} (ms)",
+        shapes.len()
+    );
+    println!("| fused (adamw_update) | composed (candle ops) | composed / fused |");
+    println!("|---:|---:|---:|");
+    println!("| {fused:.3} | {composed:.3} | {:.2} |", composed / fused);
     Ok(ok)
 }

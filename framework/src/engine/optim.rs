@@ -1,7 +1,9 @@
 //! AdamW (decoupled weight decay) and SGD with momentum, as PyTorch defines them, with global
 //! gradient-norm clipping and the usual exemptions from weight decay.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
+
+use crate::ops::{self, AdamWStep};
 
 use crate::recipe::{Optimizer as Kind, TrainConfig};
 
@@ -24,10 +26,9 @@ struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    /// AdamW's first moment, or SGD's momentum buffer.
-    first: Option<Tensor>,
-    /// AdamW's second moment.
-    second: Option<Tensor>,
+    /// AdamW's moments, `[2, n]` (first then second, for `ops::adamw_update`), or SGD's
+    /// momentum buffer, shaped like the variable; none before the first step.
+    state: Option<Tensor>,
 }
 
 /// An optimiser over named variables.
@@ -50,7 +51,7 @@ impl Optimizer {
             .into_iter()
             .map(|(name, var)| {
                 let decay = decays(&name, &var, train.decay_all);
-                Slot { name, var, decay, first: None, second: None }
+                Slot { name, var, decay, state: None }
             })
             .collect();
         Self {
@@ -75,89 +76,117 @@ impl Optimizer {
         self.steps
     }
 
-    /// One step at learning rate `lr` with the gradients of a backward pass; returns the global
-    /// gradient norm before clipping.
-    pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<f64> {
+    /// One step at learning rate `lr` with the gradients of a backward pass.
+    pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<()> {
         let found: Vec<Option<Tensor>> =
             self.slots.iter().map(|s| grads.get(s.var.as_tensor()).cloned()).collect();
         self.step_with(found, lr)
     }
 
     /// One step with the gradient of each variable (in the order given at construction; `None`
-    /// for a variable that got none, which is then left as it is).
-    pub fn step_with(&mut self, grads: Vec<Option<Tensor>>, lr: f64) -> Result<f64> {
-        let mut sum_sq = 0.0;
-        for g in grads.iter().flatten() {
-            sum_sq += g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
-        }
-        let norm = sum_sq.sqrt();
-        // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below one.
-        let clip = self.grad_clip.map(|max| max / (norm + 1e-6)).filter(|c| *c < 1.0);
+    /// for a variable that got none, which is then left as it is). Nothing here waits for the
+    /// device: with clipping, the global norm and the factor stay on the device, where the
+    /// update kernels read them.
+    pub fn step_with(&mut self, grads: Vec<Option<Tensor>>, lr: f64) -> Result<()> {
+        let Some(device) = grads.iter().flatten().next().map(|g| g.device().clone()) else {
+            self.steps += 1;
+            return Ok(());
+        };
+        let clip = match self.grad_clip {
+            Some(max) => self.clip_factor(&grads, max, &device)?,
+            None => Tensor::ones(1, DType::F64, &device)?,
+        };
         self.steps += 1;
-        let t = self.steps as i32;
         for (slot, grad) in self.slots.iter_mut().zip(grads) {
-            let Some(mut g) = grad else { continue };
-            if let Some(c) = clip {
-                g = (g * c)?;
-            }
+            let Some(g) = grad else { continue };
             let p = slot.var.as_tensor();
             let wd = if slot.decay { self.weight_decay } else { 0.0 };
-            let updated = match self.kind {
+            match self.kind {
                 Kind::Adamw => {
-                    let [b1, b2] = self.betas;
-                    let m = match &slot.first {
-                        Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
-                        None => (&g * (1.0 - b1))?,
+                    let state = match &slot.state {
+                        Some(state) => state.clone(),
+                        None => Tensor::zeros((2, p.elem_count()), p.dtype(), p.device())?,
                     };
-                    let v = match &slot.second {
-                        Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
-                        None => (g.sqr()? * (1.0 - b2))?,
+                    let step = AdamWStep {
+                        lr,
+                        weight_decay: wd,
+                        betas: self.betas,
+                        eps: self.eps,
+                        step: self.steps,
                     };
-                    let step_size = lr / (1.0 - b1.powi(t));
-                    let denom = ((v.sqrt()? / (1.0 - b2.powi(t)).sqrt())? + self.eps)?;
-                    let decayed = (p * (1.0 - lr * wd))?;
-                    let new = (decayed - ((&m / denom)? * step_size)?)?;
-                    slot.first = Some(m);
-                    slot.second = Some(v);
-                    new
+                    ops::adamw_update(p, &g, &state, &clip.to_device(p.device())?, &step)?;
+                    slot.state = Some(state);
                 }
                 Kind::Sgd => {
+                    let g = match self.grad_clip {
+                        Some(_) => g.broadcast_mul(&clip.to_device(g.device())?.to_dtype(g.dtype())?)?,
+                        None => g,
+                    };
                     let g = if wd > 0.0 { (g + (p * wd)?)? } else { g };
-                    let buf = match &slot.first {
+                    let buf = match &slot.state {
                         Some(b) => ((b * self.momentum)? + &g)?,
                         None => g,
                     };
-                    let new = (p - (&buf * lr)?)?;
-                    slot.first = Some(buf);
-                    new
+                    slot.var.set(&(p - (&buf * lr)?)?)?;
+                    slot.state = Some(buf);
                 }
-            };
-            slot.var.set(&updated)?;
+            }
         }
-        Ok(norm)
+        Ok(())
     }
 
-    /// The optimiser's state as named tensors (for resuming a run).
-    pub fn state(&self) -> Vec<(String, Tensor)> {
+    /// PyTorch's `clip_grad_norm_` factor, `min(1, max / (‖g‖ + 1e-6))` over all gradients (the
+    /// norm summed in f64), as a one-element f64 tensor on `device`.
+    fn clip_factor(
+        &self,
+        grads: &[Option<Tensor>],
+        max: f64,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        let sums = grads
+            .iter()
+            .flatten()
+            .map(|g| g.to_dtype(DType::F64)?.sqr()?.sum_all()?.reshape(1)?.to_device(device))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = Tensor::cat(&sums, 0)?.sum_all()?.sqrt()?;
+        ((norm + 1e-6)?.recip()? * max)?.clamp(0.0, 1.0)?.reshape(1)
+    }
+
+    /// A copy of the optimiser's state as named tensors (for resuming a run): each variable's
+    /// `<name>.first` (AdamW's first moment or SGD's momentum) and `<name>.second` (AdamW's
+    /// second moment), shaped like the variable.
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for s in &self.slots {
-            if let Some(m) = &s.first {
-                out.push((format!("{}.first", s.name), m.clone()));
-            }
-            if let Some(v) = &s.second {
-                out.push((format!("{}.second", s.name), v.clone()));
+            let Some(state) = &s.state else { continue };
+            match self.kind {
+                Kind::Adamw => {
+                    let shape = s.var.shape();
+                    // Copies: the state is updated in place.
+                    out.push((format!("{}.first", s.name), state.get(0)?.reshape(shape)?.copy()?));
+                    out.push((format!("{}.second", s.name), state.get(1)?.reshape(shape)?.copy()?));
+                }
+                Kind::Sgd => out.push((format!("{}.first", s.name), state.clone())),
             }
         }
-        out
+        Ok(out)
     }
 
     /// Restores a state from [`Optimizer::state`] after `steps` steps.
     pub fn restore(&mut self, state: &std::collections::HashMap<String, Tensor>, steps: u64) -> Result<()> {
         for s in &mut self.slots {
-            s.first =
-                state.get(&format!("{}.first", s.name)).map(|t| t.to_device(s.var.device())).transpose()?;
-            s.second =
-                state.get(&format!("{}.second", s.name)).map(|t| t.to_device(s.var.device())).transpose()?;
+            let (dtype, device) = (s.var.dtype(), s.var.device());
+            let get = |part: &str| {
+                let t = state.get(&format!("{}.{part}", s.name));
+                t.map(|t| t.to_device(device)?.to_dtype(dtype)).transpose()
+            };
+            s.state = match (self.kind, get("first")?, get("second")?) {
+                (Kind::Adamw, Some(m), Some(v)) => {
+                    Some(Tensor::stack(&[m.flatten_all()?, v.flatten_all()?], 0)?)
+                }
+                (Kind::Sgd, Some(b), _) => Some(b),
+                _ => None,
+            };
         }
         self.steps = steps;
         Ok(())

@@ -90,7 +90,7 @@ fn the_state_restores_to_continue_identically() {
         first.step_with(grads(i), 0.1).unwrap();
     }
     b.set(a.as_tensor()).unwrap();
-    let state: std::collections::HashMap<String, Tensor> = first.state().into_iter().collect();
+    let state: std::collections::HashMap<String, Tensor> = first.state().unwrap().into_iter().collect();
     let mut second = Optimizer::new(&train, vec![("x.weight".into(), b.clone())]);
     second.restore(&state, first.steps()).unwrap();
     for i in 3..6 {

@@ -100,7 +100,7 @@ pub fn save(
     for (name, var) in vars {
         tensors.push((format!("param.{name}"), var.as_tensor().clone()));
     }
-    for (name, t) in optimizer.state() {
+    for (name, t) in optimizer.state().map_err(|e| err(e.to_string()))? {
         tensors.push((format!("optim.{name}"), t));
     }
     if let Some(snapshot) = best {

@@ -6,7 +6,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Result, Shape, WithDType, bail, builder_arg};
@@ -368,4 +368,68 @@ fn heads<T: Kern>(src: In, bias: Option<In>, dims: [usize; 4], split: bool) -> R
         unsafe { args.launch(flat_config(n)) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))
+}
+
+/// The contiguous elements of an in-place op's destination.
+fn view_mut<'a, T: Kern>(s: &'a mut CudaStorage, l: &Layout) -> Result<CudaViewMut<'a, T>> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("losa ops: CUDA output must be contiguous")
+    };
+    Ok(s.as_cuda_slice_mut::<T>()?.slice_mut(start..end))
+}
+
+/// AdamW's moments in place: `state` holds the first then the second moment of `g`'s elements.
+pub(crate) fn adamw_moments(
+    state: &mut CudaStorage,
+    ls: &Layout,
+    g: In,
+    clip: In,
+    betas: [f64; 2],
+) -> Result<()> {
+    by_dtype!(g.0.dtype(), moments(state, ls, g, clip, betas))
+}
+
+fn moments<T: Kern>(state: &mut CudaStorage, ls: &Layout, g: In, clip: In, betas: [f64; 2]) -> Result<()> {
+    let dev = state.device.clone();
+    let n = g.1.shape().elem_count();
+    let (gv, cv) = (view::<T>(g)?, view::<f64>(clip)?);
+    let mut sv = view_mut::<T>(state, ls)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let func = dev.get_or_load_custom_func(&kernel::<T>("adamw_moments"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&mut sv);
+    args.arg(&gv);
+    args.arg(&cv);
+    builder_arg!(args, n as u64, betas[0], betas[1]);
+    // SAFETY: the arguments match `adamw_moments_<dtype>(T*, const T*, const double*, uint64_t,
+    // double, double)`; state holds 2n elements, g n, clip one.
+    unsafe { args.launch(flat_config(n)) }.w()?;
+    Ok(())
+}
+
+/// AdamW's parameter update in place from the moments `state`; `h` = (decay, 1/√(1 − β2ᵗ), eps,
+/// step size).
+pub(crate) fn adamw_update(p: &mut CudaStorage, lp: &Layout, state: In, h: [f64; 4]) -> Result<()> {
+    by_dtype!(state.0.dtype(), update(p, lp, state, h))
+}
+
+fn update<T: Kern>(p: &mut CudaStorage, lp: &Layout, state: In, h: [f64; 4]) -> Result<()> {
+    let dev = p.device.clone();
+    let n = lp.shape().elem_count();
+    let sv = view::<T>(state)?;
+    let mut pv = view_mut::<T>(p, lp)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let func = dev.get_or_load_custom_func(&kernel::<T>("adamw_update"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&mut pv);
+    args.arg(&sv);
+    builder_arg!(args, n as u64, h[0], h[1], h[2], h[3]);
+    // SAFETY: the arguments match `adamw_update_<dtype>(T*, const T*, uint64_t, double, double,
+    // double, double)`; p holds n elements, state 2n.
+    unsafe { args.launch(flat_config(n)) }.w()?;
+    Ok(())
 }

@@ -169,6 +169,34 @@ __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bi
   }
 }
 
+// AdamW, in place (ops/adamw.rs). state = [m (n), v (n)]; g scaled by clip[0]. The same
+// operations in the same order as the CPU path: m*b1 + g*(1-b1), v*b2 + (g*g)*(1-b2).
+template <typename T>
+__device__ void adamw_moments(T *state, const T *g, const double *clip, uint64_t n, double b1,
+                              double b2) {
+  typedef typename Acc<T>::type A;
+  const A c = A(clip[0]), B1 = A(b1), B2 = A(b2), C1 = A(1.0 - b1), C2 = A(1.0 - b2);
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+       i += (uint64_t)gridDim.x * blockDim.x) {
+    const A gi = ld(g[i]) * c;
+    st(&state[i], ld(state[i]) * B1 + gi * C1);
+    st(&state[n + i], ld(state[n + i]) * B2 + gi * gi * C2);
+  }
+}
+
+// p = p*decay - m / (sqrt(v)*inv_root_bc2 + eps) * step_size.
+template <typename T>
+__device__ void adamw_update(T *p, const T *state, uint64_t n, double decay, double inv_root_bc2,
+                             double eps, double step_size) {
+  typedef typename Acc<T>::type A;
+  const A D = A(decay), I = A(inv_root_bc2), E = A(eps), S = A(step_size);
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+       i += (uint64_t)gridDim.x * blockDim.x) {
+    const A denom = sqrt_(ld(state[n + i])) * I + E;
+    st(&p[i], ld(p[i]) * D - ld(state[i]) / denom * S);
+  }
+}
+
 __device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
 
@@ -268,6 +296,14 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int
                                               const T *bias, T *out, uint64_t n, int d,            \
                                               int has_minus, int has_bias) {                       \
     residual_fwd<T>(a, m, minus, bias, out, n, d, has_minus, has_bias);                            \
+  }                                                                                                \
+  extern "C" __global__ void adamw_moments_##S(T *state, const T *g, const double *clip,          \
+                                               uint64_t n, double b1, double b2) {                 \
+    adamw_moments<T>(state, g, clip, n, b1, b2);                                                   \
+  }                                                                                                \
+  extern "C" __global__ void adamw_update_##S(T *p, const T *state, uint64_t n, double decay,      \
+                                              double inv_root_bc2, double eps, double step_size) { \
+    adamw_update<T>(p, state, n, decay, inv_root_bc2, eps, step_size);                             \
   }                                                                                                \
   extern "C" __global__ void softmax_fwd_##S(const T *x, T *y, int rows, int d, double scale) {    \
     softmax_fwd<T>(x, y, rows, d, scale);                                                          \

@@ -9,12 +9,14 @@
 //!
 //! The ops: `layer_norm`, `bias_gelu`, `softmax` (scaled), `split_heads` (qkv bias + head split),
 //! `bias_residual` (the ViT block's residual sums with their bias), `residual` (no graph), and
-//! `side_update`, one LoSA side block as a single op with a hand-written backward (see side.rs).
+//! `side_update`, one LoSA side block as a single op with a hand-written backward (see side.rs);
+//! and `adamw_update`, the optimiser's step for one parameter, in place.
 //!
 //! Every op takes f32, f64, f16 and bf16 and computes in f32 (f64 for f64), rounding once at the
 //! end; its backward is built from these ops and cheap primitives (sums), so gradients of
 //! gradients are not supported.
 
+mod adamw;
 mod bias_gelu;
 #[cfg(test)]
 mod block_tests;
@@ -31,6 +33,7 @@ mod softmax;
 #[cfg(test)]
 mod tests;
 
+pub use adamw::{AdamWStep, adamw_update};
 pub use bias_gelu::bias_gelu;
 pub use heads::split_heads;
 pub use layer_norm::layer_norm;

@@ -221,3 +221,70 @@ fn bias_gelu_gradients_match_the_composition_and_finite_differences() {
         check_finite_differences(&inputs, &probe, |t| bias_gelu(&t[0], &t[1], dim));
     }
 }
+
+/// AdamW as composed from candle ops (the optimiser before the fused update): `(p, m, v)`.
+fn adamw_unfused(
+    p: &Tensor,
+    g: &Tensor,
+    mv: Option<(&Tensor, &Tensor)>,
+    h: &super::AdamWStep,
+    clip: f64,
+) -> [Tensor; 3] {
+    let [b1, b2] = h.betas;
+    let g = (g * clip).unwrap();
+    let (m, v) = match mv {
+        Some((m, v)) => (
+            ((m * b1).unwrap() + (&g * (1.0 - b1)).unwrap()).unwrap(),
+            ((v * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap(),
+        ),
+        None => ((&g * (1.0 - b1)).unwrap(), (g.sqr().unwrap() * (1.0 - b2)).unwrap()),
+    };
+    let t = h.step as i32;
+    let denom = ((v.sqrt().unwrap() / (1.0 - b2.powi(t)).sqrt()).unwrap() + h.eps).unwrap();
+    let decayed = (p * (1.0 - h.lr * h.weight_decay)).unwrap();
+    let p = (decayed - ((&m / denom).unwrap() * (h.lr / (1.0 - b1.powi(t)))).unwrap()).unwrap();
+    [p, m, v]
+}
+
+#[test]
+fn adamw_update_matches_the_composition_exactly_in_place() {
+    // More elements than one CPU task takes, odd, so the chunks end mid-way.
+    let n = 40_001;
+    for dtype in [DType::F32, DType::F64] {
+        let p = Var::from_tensor(&normal(&[n], 1.0, 1).to_dtype(dtype).unwrap()).unwrap();
+        let mut reference = (p.as_tensor().copy().unwrap(), None::<(Tensor, Tensor)>);
+        let state = Tensor::zeros((2, n), dtype, &Device::Cpu).unwrap();
+        for (step, clip) in [(1u64, 1.0), (2, 0.7), (3, 1.0)] {
+            let g = (normal(&[n], 0.1, 10 + step) + 0.01).unwrap().to_dtype(dtype).unwrap();
+            let h = super::AdamWStep { lr: 1e-2, weight_decay: 0.05, betas: [0.9, 0.999], eps: 1e-8, step };
+            let clip_t = Tensor::new(&[clip], &Device::Cpu).unwrap();
+            super::adamw_update(p.as_tensor(), &g, &state, &clip_t, &h).unwrap();
+            let mv = reference.1.as_ref().map(|(m, v)| (m, v));
+            let [rp, rm, rv] = adamw_unfused(&reference.0, &g, mv, &h, clip);
+            assert_eq!(values(p.as_tensor()), values(&rp), "{dtype:?} step {step}: parameter");
+            assert_eq!(values(&state.get(0).unwrap()), values(&rm), "{dtype:?} step {step}: first moment");
+            assert_eq!(values(&state.get(1).unwrap()), values(&rv), "{dtype:?} step {step}: second moment");
+            reference = (rp, Some((rm, rv)));
+        }
+    }
+}
+
+#[test]
+fn adamw_update_refuses_what_does_not_fit() {
+    let p = Tensor::zeros(6, DType::F32, &Device::Cpu).unwrap();
+    let h = super::AdamWStep { lr: 1e-2, weight_decay: 0.0, betas: [0.9, 0.999], eps: 1e-8, step: 1 };
+    let one = Tensor::new(&[1.0f64], &Device::Cpu).unwrap();
+    let state = Tensor::zeros((2, 6), DType::F32, &Device::Cpu).unwrap();
+    let cases = [
+        (Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap(), state.clone(), one.clone(), "do not fit"),
+        (p.clone(), Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap(), one.clone(), "do not fit"),
+        (p.to_dtype(DType::F64).unwrap(), state.clone(), one.clone(), "different dtypes"),
+        (p.clone(), state.clone(), one.to_dtype(DType::F32).unwrap(), "one f64"),
+    ];
+    for (g, state, clip, fragment) in cases {
+        let err = super::adamw_update(&p, &g, &state, &clip, &h).unwrap_err().to_string();
+        assert!(err.contains(fragment), "{err}");
+    }
+    let err = super::adamw_update(&p, &p, &state, &one, &super::AdamWStep { step: 0, ..h }).unwrap_err();
+    assert!(err.to_string().contains("from 1"), "{err}");
+}
