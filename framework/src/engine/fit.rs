@@ -176,6 +176,15 @@ impl Fit<'_> {
                 let lr = learning_rate(self.train, step, steps_per_epoch);
                 let logits = self.logits(&input, true)?;
                 let loss = cross_entropy(&logits, &labels, self.train.label_smoothing)?;
+                let grads = loss.backward()?;
+                if let Some(m) = self.memory {
+                    m.sample(); // activations and gradients are both held now: the step's peak
+                }
+                optimizer.step(&grads, lr)?;
+                drop(grads);
+                // Read only now: on a GPU, reading the loss waits for the device, and reading it
+                // before the backward would leave the device idle while the backward is queued.
+                // A diverged step's update is applied, but the run ends here as failed.
                 let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                 step += 1;
                 if !value.is_finite() {
@@ -183,12 +192,6 @@ impl Fit<'_> {
                     let reason = format!("diverged at step {step} (loss {value})");
                     return Ok(FitOutcome::Diverged { reason, partial: result });
                 }
-                let grads = loss.backward()?;
-                if let Some(m) = self.memory {
-                    m.sample(); // activations and gradients are both held now: the step's peak
-                }
-                optimizer.step(&grads, lr)?;
-                drop(grads);
                 let n = labels.dim(0)? as u64;
                 (loss_sum, seen) = (loss_sum + value * n as f64, seen + n);
                 tally(&logits, &labels, self.classes, &mut correct, &mut tallied)?;
