@@ -433,3 +433,37 @@ fn update<T: Kern>(p: &mut CudaStorage, lp: &Layout, state: In, h: [f64; 4]) -> 
     unsafe { args.launch(flat_config(n)) }.w()?;
     Ok(())
 }
+
+/// Column sums of a `[rows, cols]` input per chunk of `per` rows: `[chunks, cols]` in the
+/// accumulation type.
+pub(crate) fn column_sums(x: In, chunks: usize, per: usize) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.0.dtype(), col_sums(x, chunks, per))
+}
+
+fn col_sums<T: Kern>(x: In, chunks: usize, per: usize) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let &[rows, cols] = x.1.dims() else { bail!("column_sums: input must be [rows, cols]") };
+    let (Ok(rows_i), Ok(cols_i), Ok(per_i)) = (i32::try_from(rows), i32::try_from(cols), i32::try_from(per))
+    else {
+        bail!("column_sums: {rows} × {cols} is too large for one launch");
+    };
+    let xv = view::<T>(x)?;
+    // SAFETY: block (i, k) writes columns 32·i .. 32·i + 31 (those below cols) of row k of
+    // partial, and the grid covers every column and all `chunks` rows.
+    let partial = unsafe { dev.alloc::<T::A>(chunks * cols)? };
+    poison(dev, &partial)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("column_sums"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&xv);
+    args.arg(&partial);
+    builder_arg!(args, rows_i, cols_i, per_i);
+    let config = LaunchConfig {
+        grid_dim: (cols.div_ceil(32) as u32, chunks as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match `column_sums_<dtype>(const T*, A*, int, int, int)`; x holds
+    // rows·cols elements and partial chunks·cols.
+    unsafe { args.launch(config) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(partial, dev.clone()), Shape::from((chunks, cols))))
+}

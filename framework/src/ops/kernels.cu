@@ -197,6 +197,27 @@ __device__ void adamw_update(T *p, const T *state, uint64_t n, double decay, dou
   }
 }
 
+// Column sums of a [rows, cols] matrix, chunk blockIdx.y of `per` rows, 32 columns per block:
+// thread (c, r) sums every 8th row of the chunk in column c, then the 8 sums are added in order.
+// Blocks of (32, 8) threads.
+template <typename T>
+__device__ void column_sums(const T *x, typename Acc<T>::type *partial, int rows, int cols, int per) {
+  typedef typename Acc<T>::type A;
+  __shared__ A buf[8][32];
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  const int r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
+  A s = 0;
+  if (c < cols)
+    for (int r = r0 + threadIdx.y; r < r1; r += 8) s += ld(x[(uint64_t)r * cols + c]);
+  buf[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    A t = 0;
+    for (int k = 0; k < 8; ++k) t += buf[k][threadIdx.x];
+    partial[(uint64_t)blockIdx.y * cols + c] = t;
+  }
+}
+
 __device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
 
@@ -304,6 +325,10 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int
   extern "C" __global__ void adamw_update_##S(T *p, const T *state, uint64_t n, double decay,      \
                                               double inv_root_bc2, double eps, double step_size) { \
     adamw_update<T>(p, state, n, decay, inv_root_bc2, eps, step_size);                             \
+  }                                                                                                \
+  extern "C" __global__ void column_sums_##S(const T *x, typename Acc<T>::type *partial, int rows, \
+                                             int cols, int per) {                                  \
+    column_sums<T>(x, partial, rows, cols, per);                                                   \
   }                                                                                                \
   extern "C" __global__ void softmax_fwd_##S(const T *x, T *y, int rows, int d, double scale) {    \
     softmax_fwd<T>(x, y, rows, d, scale);                                                          \

@@ -20,6 +20,7 @@ mod adamw;
 mod bias_gelu;
 #[cfg(test)]
 mod block_tests;
+mod column_sums;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -62,8 +63,12 @@ fn poisoning() -> bool {
 /// `t` viewed as `[outer, channels, inner]`, summed over `outer` and `inner`: the gradient of a
 /// bias added along `channels`. Half types are summed in f32 (candle's CPU sum accumulates in the
 /// tensor's dtype, and a bf16 sum over batch × tokens elements loses most of its digits), so the
-/// result is in the accumulation dtype.
+/// result is in the accumulation dtype. A bias along the last dimension (`inner` 1, the common
+/// and large case) takes the one-pass column sums.
 pub(crate) fn sum_along(t: &Tensor, channels: usize, inner: usize) -> Result<Tensor> {
+    if inner == 1 {
+        return column_sums::column_sums(t, channels);
+    }
     let wide = match t.dtype() {
         DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
         _ => t.clone(),

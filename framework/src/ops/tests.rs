@@ -288,3 +288,38 @@ fn adamw_update_refuses_what_does_not_fit() {
     let err = super::adamw_update(&p, &p, &state, &one, &super::AdamWStep { step: 0, ..h }).unwrap_err();
     assert!(err.to_string().contains("from 1"), "{err}");
 }
+
+/// Bias gradients (`sum_along`) against f64 sums of the same (rounded) values: the one-pass column
+/// sums for a bias along the last dimension, over row counts around and across its chunking.
+#[test]
+fn sum_along_matches_f64_sums_of_the_same_values() {
+    for (shape, channels, inner) in [
+        (vec![1, 5], 5, 1),
+        (vec![63, 33], 33, 1),
+        (vec![2, 32, 3], 3, 1),
+        (vec![65, 7], 7, 1),
+        (vec![4100, 3], 3, 1),
+        (vec![3, 4, 5], 4, 5),
+    ] {
+        for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+            let t = normal(&shape, 1.0, 21).to_dtype(dtype).unwrap();
+            let got = super::sum_along(&t, channels, inner).unwrap();
+            assert_eq!(got.dtype(), if dtype == DType::F64 { DType::F64 } else { DType::F32 });
+            let x = values(&t);
+            let outer = x.len() / (channels * inner);
+            let (mut sums, mut scale) = (vec![0.0; channels], vec![0.0; channels]);
+            for (i, v) in x.iter().enumerate() {
+                let c = (i / inner) % channels;
+                sums[c] += v;
+                scale[c] += v.abs();
+            }
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            for (c, (g, r)) in values(&got).iter().zip(&sums).enumerate() {
+                assert!(
+                    (g - r).abs() <= tol * scale[c],
+                    "{shape:?} {dtype:?} channel {c}: {g} vs {r} ({outer} rows)"
+                );
+            }
+        }
+    }
+}

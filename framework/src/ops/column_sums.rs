@@ -1,0 +1,75 @@
+//! Column sums of a `[rows, cols]` matrix in the accumulation dtype: the gradient of a bias
+//! added to every row. One pass over the matrix (each of up to [`CHUNKS`] chunks of rows summed
+//! apart, then the chunks' sums added, in a fixed order: deterministic), where candle's
+//! composition widened a half-precision matrix to f32 (a full copy), summed a dimension of one
+//! (another), then reduced the rows with each thread block striding down one column.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType, bail};
+use rayon::prelude::*;
+
+use super::cpu::{Acc, Elem, cpu_dispatch, slice};
+
+const NAME: &str = "column_sums";
+/// At most this many chunks of rows, each summed on its own.
+pub(crate) const CHUNKS: usize = 64;
+/// At least this many rows per chunk.
+const MIN_ROWS: usize = 64;
+
+/// Σ over the rows of `t` viewed as `[rows, cols]`, in f32 (f64 for f64).
+pub(crate) fn column_sums(t: &Tensor, cols: usize) -> Result<Tensor> {
+    if cols == 0 || !t.elem_count().is_multiple_of(cols) {
+        bail!("{NAME}: {:?} is not a whole number of rows of {cols}", t.dims());
+    }
+    let rows = t.elem_count() / cols;
+    let wide = if t.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    if rows == 0 {
+        return Tensor::zeros(cols, wide, t.device());
+    }
+    let (chunks, per) = chunking(rows);
+    let t = t.contiguous()?.reshape((rows, cols))?;
+    t.apply_op1_no_bwd(&ColumnSums { chunks, per })?.sum(0)
+}
+
+/// `(chunks, rows per chunk)` for `rows` rows.
+pub(crate) fn chunking(rows: usize) -> (usize, usize) {
+    let chunks = rows.div_ceil(MIN_ROWS).clamp(1, CHUNKS);
+    let per = rows.div_ceil(chunks);
+    (rows.div_ceil(per), per)
+}
+
+/// The partial sums `[chunks, cols]`, chunk k summing rows `k·per ..`.
+struct ColumnSums {
+    chunks: usize,
+    per: usize,
+}
+
+fn partial_cpu<T: Elem>(s: &ColumnSums, (x, l): (&[T], &Layout)) -> Result<(CpuStorage, Shape)> {
+    let x = slice(x, l, NAME)?;
+    let cols = l.dims()[1];
+    let mut out = vec![<T::A as Acc>::ZERO; s.chunks * cols];
+    out.par_chunks_mut(cols).zip(x.par_chunks(s.per * cols)).for_each(|(acc, rows)| {
+        for row in rows.chunks(cols) {
+            acc.iter_mut().zip(row).for_each(|(a, v)| *a += v.load());
+        }
+    });
+    Ok((WithDType::to_cpu_storage_owned(out), Shape::from((s.chunks, cols))))
+}
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_dispatch!(NAME, partial_cpu(self; s: l))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::column_sums((s, l), self.chunks, self.per)
+    }
+}
