@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse};
 use losa_framework::recipe::AdaptformerConfig;
-use losa_framework::vit::{Hooks, Vit};
+use losa_framework::vit::{Hooks, Linear, Vit};
 
 use crate::common::{Dropout, Head, Init};
 
@@ -64,10 +64,12 @@ impl Hooks for AdaptformerHooks<'_> {
     fn mlp_parallel(&self, block: usize, residual: &Tensor) -> Result<Option<Tensor>> {
         let Some(a) = self.method.adapters.get(&block) else { return Ok(None) };
         let x = residual.to_dtype(a.down.dtype())?;
-        let h =
-            x.broadcast_matmul(&a.down.as_tensor().t()?)?.broadcast_add(a.down_bias.as_tensor())?.relu()?;
+        // As linear layers: one GEMM over all tokens of the batch, not one per image.
+        let linear =
+            |w: &Var, b: &Var| Linear { weight: w.as_tensor().clone(), bias: Some(b.as_tensor().clone()) };
+        let h = linear(&a.down, &a.down_bias).forward(&x)?.relu()?;
         let h = self.method.dropout.apply(&h, self.train)?;
-        let y = h.broadcast_matmul(&a.up.as_tensor().t()?)?.broadcast_add(a.up_bias.as_tensor())?;
+        let y = linear(&a.up, &a.up_bias).forward(&h)?;
         Ok(Some((y * self.method.scale)?.to_dtype(residual.dtype())?))
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse};
 use losa_framework::recipe::{LoraConfig, LoraTarget};
-use losa_framework::vit::{Hooks, LinearSite, Vit};
+use losa_framework::vit::{Hooks, Linear, LinearSite, Vit};
 
 use crate::common::{Dropout, Head, Init};
 
@@ -149,8 +149,11 @@ impl Hooks for LoraHooks<'_> {
             return Ok(None);
         }
         let x = lora.dropout.apply(input, self.train)?.to_dtype(parts[0].1.a.dtype())?;
+        // As linear layers: one GEMM over all tokens of the batch, not one per image.
         let low_rank = |p: &LoraPair| -> Result<Tensor> {
-            x.broadcast_matmul(&p.a.as_tensor().t()?)?.broadcast_matmul(&p.b.as_tensor().t()?)? * lora.scale
+            let (a, b) = (p.a.as_tensor().clone(), p.b.as_tensor().clone());
+            Linear { weight: b, bias: None }.forward(&Linear { weight: a, bias: None }.forward(&x)?)?
+                * lora.scale
         };
         let mut delta: Option<Tensor> = None;
         let mut add = |t: Tensor| -> Result<()> {

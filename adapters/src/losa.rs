@@ -25,7 +25,7 @@ use candle_core::{Result, Shape, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse, Taps, compute_taps};
 use losa_framework::ops;
 use losa_framework::recipe::{Activation, LosaConfig, Mixer, MixerNorm, SideDtype};
-use losa_framework::vit::{LayerNorm, Vit};
+use losa_framework::vit::{LayerNorm, Linear, Vit};
 
 use crate::common::{Dropout, Head, Init, activate};
 
@@ -111,10 +111,12 @@ impl Losa {
             };
             let (down, up) = (&cast(&p.down)?, &cast(&p.up)?);
             let y = match p.axis {
-                // [batch, tokens, width] · Wdᵀ → [batch, tokens, rank] → · Wuᵀ → [batch, tokens, width].
+                // [batch, tokens, width] · Wdᵀ → [batch, tokens, rank] → · Wuᵀ → [batch, tokens, width],
+                // each as a linear layer (one GEMM over all the batch's tokens).
                 Mixer::Channel => {
-                    let a = self.act(&x.broadcast_matmul(&down.t()?)?, &cast(&p.down_bias)?, 2)?;
-                    self.dropout.apply(&a, train)?.broadcast_matmul(&up.t()?)?
+                    let linear = |w: &Tensor| Linear { weight: w.clone(), bias: None };
+                    let a = self.act(&linear(down).forward(&x)?, &cast(&p.down_bias)?, 2)?;
+                    linear(up).forward(&self.dropout.apply(&a, train)?)?
                 }
                 // Wd [r_t, tokens] · X [batch, tokens, width] → [batch, r_t, width], then
                 // Wu [tokens, r_t] · A → [batch, tokens, width]: the matmul from the left mixes the

@@ -82,7 +82,7 @@ impl LowRankMix {
     /// `Down(x)` before its bias: `x·Wdᵀ` [batch, tokens, rank] or `Wd·x` [batch, rank, width].
     fn down(&self, x: &Tensor) -> Result<Tensor> {
         match self.axis {
-            Mixer::Channel => x.broadcast_matmul(&self.down.t()?),
+            Mixer::Channel => rows_matmul(x, &self.down.t()?),
             Mixer::Token => self.down.broadcast_matmul(x),
         }
     }
@@ -107,10 +107,18 @@ impl LowRankMix {
     /// `Up(a)` before its bias: `a·Wuᵀ` or `Wu·a`, [batch, tokens, width].
     fn up(&self, a: &Tensor) -> Result<Tensor> {
         match self.axis {
-            Mixer::Channel => a.broadcast_matmul(&self.up.t()?),
+            Mixer::Channel => rows_matmul(a, &self.up.t()?),
             Mixer::Token => self.up.broadcast_matmul(a),
         }
     }
+}
+
+/// `x · w` for `x` [batch, tokens, k] and `w` [k, m] as one `[batch·tokens, k] · [k, m]` matrix
+/// product rather than a batch of per-image products with `w` broadcast: one large GEMM instead
+/// of `batch` skinny ones (as candle-nn's `Linear` does for contiguous inputs).
+fn rows_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (batch, tokens, k) = x.dims3()?;
+    x.contiguous()?.reshape((batch * tokens, k))?.matmul(w)?.reshape((batch, tokens, w.dim(1)?))
 }
 
 /// `y + g(b + y)` for the mixers in order (see the module docs), differentiable in `y` and in
