@@ -141,8 +141,10 @@ pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> R
     if b.dtype() != y.dtype() {
         bail!("side_update: features in {:?} and stream in {:?} must be of one dtype", b.dtype(), y.dtype());
     }
-    let params: Vec<Tensor> =
-        mixers.iter().flat_map(LowRankMix::params).map(Tensor::flatten_all).collect::<Result<_>>()?;
+    // Vectors as they are: a flattening is a graph node too, whose backward costs a zero-filled
+    // tensor and an addition (candle's gradient bookkeeping), two kernel launches on a GPU.
+    let flat = |t: &Tensor| if t.rank() == 1 { Ok(t.clone()) } else { t.flatten_all() };
+    let params: Vec<Tensor> = mixers.iter().flat_map(LowRankMix::params).map(flat).collect::<Result<_>>()?;
     let packed = Tensor::cat(&params, 0)?;
     // One cast for all parameters (not one per tensor: on a GPU each is a kernel launch).
     let compute = packed.detach().to_dtype(y.dtype())?;
