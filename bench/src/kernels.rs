@@ -30,6 +30,8 @@ enum Op {
     Softmax,
     /// qkv bias + split into this many heads.
     SplitHeads(usize),
+    /// Attention's output `[batch, heads, tokens, head_dim]` back to `[batch, tokens, width]`.
+    MergeHeads,
     /// `x + m + bias`, differentiable.
     BiasResidual,
 }
@@ -46,6 +48,7 @@ impl Op {
             Op::Side(rank) => format!("side_update(rank {rank})"),
             Op::Softmax => "softmax".into(),
             Op::SplitHeads(heads) => format!("split_heads({heads} heads)"),
+            Op::MergeHeads => "merge_heads".into(),
             Op::BiasResidual => "bias_residual".into(),
         }
     }
@@ -71,6 +74,7 @@ impl Op {
             }
             Op::Softmax => vec![(x * 4.0)?],
             Op::SplitHeads(_) => vec![x, seeded_normal(d, 0.5, 2, &cpu)?],
+            Op::MergeHeads => vec![x],
             Op::BiasResidual => vec![x, seeded_normal(shape, 1.0, 2, &cpu)?, seeded_normal(d, 0.5, 3, &cpu)?],
             Op::Side(rank) => {
                 let n = shape[1];
@@ -102,6 +106,7 @@ impl Op {
                 let (b, n, w3) = (shape[0], shape[1], shape[2]);
                 vec![3, b, heads, n, w3 / (3 * heads)]
             }
+            Op::MergeHeads => vec![shape[0], shape[2], shape[1] * shape[3]],
             _ => shape.to_vec(),
         }
     }
@@ -123,6 +128,7 @@ impl Op {
             Op::Residual => vec![],
             Op::Softmax => vec!["dx"],
             Op::SplitHeads(_) => vec!["dx", "dbias"],
+            Op::MergeHeads => vec!["dx"],
             Op::BiasResidual => vec!["dx", "dm", "dbias"],
             Op::Side(_) => {
                 let mut g = vec!["dy"];
@@ -163,6 +169,7 @@ impl Op {
             }
             Op::Softmax => ops::softmax(&t[0], 0.125),
             Op::SplitHeads(heads) => ops::split_heads(&t[0], &t[1], heads),
+            Op::MergeHeads => ops::merge_heads(&t[0]),
             Op::BiasResidual => ops::bias_residual(&t[0], &t[1], &t[2]),
         }
     }
@@ -186,6 +193,10 @@ impl Op {
                 let (b, n, w3) = t[0].dims3()?;
                 let split = t[0].broadcast_add(&t[1])?.reshape((b, n, 3, heads, w3 / (3 * heads)))?;
                 split.permute((2, 0, 3, 1, 4))?.contiguous()
+            }
+            Op::MergeHeads => {
+                let (b, h, n, hd) = t[0].dims4()?;
+                t[0].transpose(1, 2)?.reshape((b, n, h * hd))
             }
             Op::BiasResidual => &t[0] + t[1].broadcast_add(&t[2])?,
             // LoSA's block as composed before ops::side_update (with the fused norm and bias + GELU).
@@ -349,6 +360,7 @@ fn frozen_table(device: &Device, runs: usize, [b, n, d, heads]: [usize; 4]) -> R
         let (x, w, bias) = (t(&[b, n, d], 1)?, t(&[d], 2)?, t(&[d], 3)?);
         let (qkv, qkv_bias) = (t(&[b, n, 3 * d], 4)?, t(&[3 * d], 5)?);
         let scores = t(&[b, heads, n, n], 6)?;
+        let attended = t(&[b, heads, n, hd], 10)?;
         let (hidden, hidden_bias) = (t(&[b, n, 4 * d], 7)?, t(&[4 * d], 8)?);
         let m = t(&[b, n, d], 9)?;
         type Pair<'a> = (&'a str, Box<dyn Fn() -> Result<()> + 'a>, Box<dyn Fn() -> Result<()> + 'a>);
@@ -370,6 +382,11 @@ fn frozen_table(device: &Device, runs: usize, [b, n, d, heads]: [usize; 4]) -> R
                     let _k = s.get(1)?.contiguous()?;
                     s.get(2)?.contiguous().map(|_| ())
                 }),
+            ),
+            (
+                "merge_heads",
+                Box::new(|| ops::merge_heads(&attended).map(|_| ())),
+                Box::new(|| attended.transpose(1, 2)?.reshape((b, n, d)).map(|_| ())),
             ),
             (
                 "softmax (scaled)",
@@ -413,6 +430,8 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::Softmax, vec![3, 2, 5, 37]),
         (Op::SplitHeads(12), vec![64, 197, 2304]),
         (Op::SplitHeads(3), vec![2, 5, 36]),
+        (Op::MergeHeads, vec![64, 12, 197, 64]),
+        (Op::MergeHeads, vec![2, 3, 5, 4]),
         (Op::BiasResidual, vec![64, 197, 768]),
         (Op::BiasResidual, vec![7, 5, 3]),
     ];

@@ -1,11 +1,11 @@
-//! The ViT block's fused ops (`softmax`, `split_heads`, `bias_residual`) against their
+//! The ViT block's fused ops (`softmax`, `split_heads`, `merge_heads`, `bias_residual`) against their
 //! compositions from candle ops, values and gradients in every dtype, and finite differences in
 //! f64.
 
 use candle_core::{D, DType, Result, Tensor};
 
 use super::tests::{check_finite_differences, grads_of, max_rel_err, normal, tolerance};
-use super::{bias_residual, softmax, split_heads};
+use super::{bias_residual, merge_heads, softmax, split_heads};
 
 const DTYPES: [DType; 4] = [DType::F64, DType::F32, DType::F16, DType::BF16];
 
@@ -84,6 +84,25 @@ fn split_heads_matches_the_composition_in_every_dtype() {
     check_finite_differences(&inputs, &probe, |t| split_heads(&t[0], &t[1], heads));
     let err = split_heads(&inputs[0], &inputs[1], 5).unwrap_err().to_string();
     assert!(err.contains("does not split into 3 × 5 heads"), "{err}");
+}
+
+#[test]
+fn merge_heads_matches_the_transposed_copy_in_every_dtype() {
+    let (batch, heads, tokens, hd) = (2, 3, 5, 4);
+    let x = normal(&[batch, heads, tokens, hd], 1.0, 11);
+    let probe = normal(&[batch, tokens, heads * hd], 1.0, 12);
+    check(
+        "merge_heads",
+        std::slice::from_ref(&x),
+        &probe,
+        |t| merge_heads(&t[0]),
+        |t| t[0].transpose(1, 2)?.reshape((batch, tokens, heads * hd)),
+    );
+    check_finite_differences(std::slice::from_ref(&x), &probe, |t| merge_heads(&t[0]));
+    // A strided input (attention's output is contiguous, but any layout is read through it).
+    let t = normal(&[batch, tokens, heads, hd], 1.0, 13).transpose(1, 2).unwrap();
+    let merged = merge_heads(&t).unwrap();
+    assert_eq!(super::tests::values(&merged), super::tests::values(&t.transpose(1, 2).unwrap()));
 }
 
 #[test]

@@ -340,15 +340,17 @@ fn sm_bwd<T: Kern>(y: In, g: In, scale: f64) -> Result<(CudaStorage, Shape)> {
 
 /// `split`: `[batch, tokens, 3·d]` + bias to `[3, batch, heads, tokens, hd]`; otherwise (no bias)
 /// the inverse permutation. `dims`: batch, tokens, heads, hd.
-pub(crate) fn split_heads(src: In, bias: Option<In>, dims: [usize; 4], split: bool) -> Result<CudaStorage> {
+/// `dims` = [batch, tokens, parts, heads, head_dim]: the split (with the bias, if any) or, with
+/// `split` false, its inverse.
+pub(crate) fn split_heads(src: In, bias: Option<In>, dims: [usize; 5], split: bool) -> Result<CudaStorage> {
     by_dtype!(src.0.dtype(), heads(src, bias, dims, split))
 }
 
-fn heads<T: Kern>(src: In, bias: Option<In>, dims: [usize; 4], split: bool) -> Result<CudaStorage> {
+fn heads<T: Kern>(src: In, bias: Option<In>, dims: [usize; 5], split: bool) -> Result<CudaStorage> {
     let dev = &src.0.device;
     let n = src.1.shape().elem_count();
     let sv = view::<T>(src)?;
-    // Absent for the merge, which never reads it: `src` in its place.
+    // Absent when there is no bias (its flag is 0, never read): `src` in its place.
     let bv = bias.map(view::<T>).transpose()?;
     // SAFETY: the permutation is a bijection over the n elements and every thread of the grid-stride
     // loop writes its element, so every element is written.
@@ -360,11 +362,12 @@ fn heads<T: Kern>(src: In, bias: Option<In>, dims: [usize; 4], split: bool) -> R
         args.arg(&sv);
         args.arg(bv.as_ref().unwrap_or(&sv));
         args.arg(&dst);
-        let [batch, tokens, heads, hd] = dims;
-        builder_arg!(args, n as u64, batch as i32, tokens as i32, heads as i32, hd as i32, split as i32);
+        let [batch, tokens, parts, heads, hd] = dims.map(|d| d as i32);
+        let flags = (split as i32, bias.is_some() as i32);
+        builder_arg!(args, n as u64, batch, tokens, parts, heads, hd, flags.0, flags.1);
         // SAFETY: the arguments match `split_heads_<dtype>(const T*, const T*, T*, uint64_t, int, int,
-        // int, int, int)`; src and dst hold n = batch · tokens · 3 · heads · hd elements, bias (read
-        // only when split) 3 · heads · hd.
+        // int, int, int, int, int)`; src and dst hold n = batch · tokens · parts · heads · hd
+        // elements, bias (read only when flagged) parts · heads · hd.
         unsafe { args.launch(flat_config(n)) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))

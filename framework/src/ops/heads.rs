@@ -3,7 +3,9 @@
 //! that q, k and v are contiguous views for the attention matmuls. Composed from candle ops this
 //! is a bias pass, a permuted view, then one strided copy each for q, k and v (four passes writing
 //! a full tensor each); the backward is the inverse permutation in one pass, and the bias
-//! gradient a sum.
+//! gradient a sum. [`merge_heads`] is the same inverse permutation for attention's output,
+//! `[batch, heads, tokens, d/heads]` to `[batch, tokens, d]`, in place of candle's generic strided
+//! copy of the transposed tensor.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -21,13 +23,22 @@ pub fn split_heads(x: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
             bias.dims()
         );
     }
-    let op = Heads { batch, tokens, heads, head_dim: width3 / (3 * heads) };
+    let op = Heads { parts: 3, batch, tokens, heads, head_dim: width3 / (3 * heads) };
     x.contiguous()?.apply_op2(&bias.contiguous()?, op)
 }
 
-/// The geometry of one split.
+/// Attention's output `[batch, heads, tokens, head_dim]` as `[batch, tokens, heads·head_dim]`
+/// (each token's heads side by side), contiguous; differentiable.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (batch, heads, tokens, head_dim) = x.dims4()?;
+    x.contiguous()?.apply_op1(Merge(Heads { parts: 1, batch, tokens, heads, head_dim }))
+}
+
+/// The geometry of one split: `[batch, tokens, parts, heads, head_dim]` to `[parts, batch, heads,
+/// tokens, head_dim]` (3 parts for q, k and v; 1 for attention's output).
 #[derive(Clone, Copy)]
 struct Heads {
+    parts: usize,
     batch: usize,
     tokens: usize,
     heads: usize,
@@ -35,20 +46,20 @@ struct Heads {
 }
 
 impl Heads {
-    /// The offset in `[batch, tokens, 3, heads, head_dim]` of output row `r` (of head_dim
-    /// elements) of `[3, batch, heads, tokens, head_dim]`.
+    /// The offset in `[batch, tokens, parts, heads, head_dim]` of output row `r` (of head_dim
+    /// elements) of `[parts, batch, heads, tokens, head_dim]`.
     fn source(self, r: usize) -> usize {
         let (n, r) = (r % self.tokens, r / self.tokens);
         let (h, r) = (r % self.heads, r / self.heads);
         let (b, s) = (r % self.batch, r / self.batch);
-        (((b * self.tokens + n) * 3 + s) * self.heads + h) * self.head_dim
+        (((b * self.tokens + n) * self.parts + s) * self.heads + h) * self.head_dim
     }
 
     /// The inverse of [`Heads::source`]: the output row of input row `q` (of head_dim elements) of
-    /// `[batch, tokens, 3, heads, head_dim]`.
+    /// `[batch, tokens, parts, heads, head_dim]`.
     fn target(self, q: usize) -> usize {
         let (h, q) = (q % self.heads, q / self.heads);
-        let (s, q) = (q % 3, q / 3);
+        let (s, q) = (q % self.parts, q / self.parts);
         let (n, b) = (q % self.tokens, q / self.tokens);
         ((s * self.batch + b) * self.heads + h) * self.tokens + n
     }
@@ -60,8 +71,23 @@ impl Heads {
         (s * self.heads + h) * self.head_dim
     }
 
+    /// The split shape.
     fn shape(self) -> Shape {
-        Shape::from((3, self.batch, self.heads, self.tokens, self.head_dim))
+        match self.parts {
+            1 => Shape::from((self.batch, self.heads, self.tokens, self.head_dim)),
+            parts => Shape::from((parts, self.batch, self.heads, self.tokens, self.head_dim)),
+        }
+    }
+
+    /// The merged shape.
+    fn merged(self) -> Shape {
+        Shape::from((self.batch, self.tokens, self.parts * self.heads * self.head_dim))
+    }
+
+    /// `[batch, tokens, parts, heads, head_dim]` for the CUDA kernels.
+    #[cfg(feature = "cuda")]
+    fn dims(self) -> [usize; 5] {
+        [self.batch, self.tokens, self.parts, self.heads, self.head_dim]
     }
 }
 
@@ -70,13 +96,23 @@ fn fwd_cpu<T: Elem>(
     (x, lx): (&[T], &Layout),
     (b, lb): (&[T], &Layout),
 ) -> Result<(CpuStorage, Shape)> {
-    let (x, b) = (slice(x, lx, "split_heads")?, slice(b, lb, "split_heads")?);
+    split_cpu(op, x, lx, Some(slice(b, lb, "split_heads")?))
+}
+
+/// The split, with the bias added if there is one.
+fn split_cpu<T: Elem>(op: Heads, x: &[T], lx: &Layout, b: Option<&[T]>) -> Result<(CpuStorage, Shape)> {
+    let x = slice(x, lx, "split_heads")?;
     let hd = op.head_dim.max(1);
     let mut y = vec![T::store(<T::A as super::cpu::Acc>::ZERO); x.len()];
     y.par_chunks_mut(hd).enumerate().with_min_len(64).for_each(|(r, y)| {
-        let (src, bias) = (&x[op.source(r)..][..hd], &b[op.bias(r)..][..hd]);
-        for ((y, x), b) in y.iter_mut().zip(src).zip(bias) {
-            *y = T::store(x.load() + b.load());
+        let src = &x[op.source(r)..][..hd];
+        match b {
+            Some(b) => {
+                for ((y, x), b) in y.iter_mut().zip(src).zip(&b[op.bias(r)..][..hd]) {
+                    *y = T::store(x.load() + b.load());
+                }
+            }
+            None => y.copy_from_slice(src),
         }
     });
     Ok((T::to_cpu_storage_owned(y), op.shape()))
@@ -105,8 +141,7 @@ impl CustomOp2 for Heads {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dims = [self.batch, self.tokens, self.heads, self.head_dim];
-        let out = super::cuda::split_heads((s1, l1), Some((s2, l2)), dims, true)?;
+        let out = super::cuda::split_heads((s1, l1), Some((s2, l2)), self.dims(), true)?;
         Ok((out, self.shape()))
     }
 
@@ -119,8 +154,7 @@ impl CustomOp2 for Heads {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = grad.contiguous()?.apply_op1_no_bwd(&Merge(*self))?;
         let dbias = if bias.track_op() {
-            let width3 = 3 * self.heads * self.head_dim;
-            Some(super::sum_along(&dx, width3, 1)?.to_dtype(bias.dtype())?)
+            Some(super::sum_along(&dx, self.parts * self.heads * self.head_dim, 1)?.to_dtype(bias.dtype())?)
         } else {
             None
         };
@@ -129,18 +163,23 @@ impl CustomOp2 for Heads {
     }
 }
 
-/// The inverse permutation, `[3, batch, heads, tokens, head_dim]` to `[batch, tokens, 3·d]`.
+/// The inverse permutation, `[parts, batch, heads, tokens, head_dim]` to `[batch, tokens,
+/// parts·heads·head_dim]`: split_heads' backward (no graph) and [`merge_heads`] (whose backward is
+/// the split without a bias).
 struct Merge(Heads);
 
 fn merge_cpu<T: Elem>(op: Heads, (g, lg): (&[T], &Layout)) -> Result<(CpuStorage, Shape)> {
-    let g = slice(g, lg, "split_heads backward")?;
+    let g = slice(g, lg, "merge_heads")?;
     let hd = op.head_dim.max(1);
     let mut dx = vec![T::store(<T::A as super::cpu::Acc>::ZERO); g.len()];
-    dx.par_chunks_mut(hd).enumerate().with_min_len(64).for_each(|(q, dx)| {
-        dx.copy_from_slice(&g[op.target(q) * hd..][..hd]);
+    // One token's row per task: its parts × heads pieces of head_dim, each from its own place.
+    let pieces = op.parts * op.heads;
+    dx.par_chunks_mut(hd * pieces).enumerate().with_min_len(8).for_each(|(token, dx)| {
+        for (k, dx) in dx.chunks_mut(hd).enumerate() {
+            dx.copy_from_slice(&g[op.target(token * pieces + k) * hd..][..hd]);
+        }
     });
-    let width3 = 3 * op.heads * op.head_dim;
-    Ok((T::to_cpu_storage_owned(dx), Shape::from((op.batch, op.tokens, width3))))
+    Ok((T::to_cpu_storage_owned(dx), op.merged()))
 }
 
 impl CustomOp1 for Merge {
@@ -158,9 +197,38 @@ impl CustomOp1 for Merge {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let op = self.0;
-        let dims = [op.batch, op.tokens, op.heads, op.head_dim];
-        let out = super::cuda::split_heads((s, l), None, dims, false)?;
-        Ok((out, Shape::from((op.batch, op.tokens, 3 * op.heads * op.head_dim))))
+        let out = super::cuda::split_heads((s, l), None, self.0.dims(), false)?;
+        Ok((out, self.0.merged()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Split(self.0))?))
+    }
+}
+
+/// The split without a bias: [`merge_heads`]' backward.
+struct Split(Heads);
+
+fn split_only_cpu<T: Elem>(op: Heads, (x, lx): (&[T], &Layout)) -> Result<(CpuStorage, Shape)> {
+    split_cpu(op, x, lx, None)
+}
+
+impl CustomOp1 for Split {
+    fn name(&self) -> &'static str {
+        "losa-split-heads-no-bias"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_dispatch!(self.name(), split_only_cpu(self.0; s: l))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = super::cuda::split_heads((s, l), None, self.0.dims(), true)?;
+        Ok((out, self.0.shape()))
     }
 }

@@ -170,7 +170,8 @@ __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bi
 }
 
 // AdamW, in place (ops/adamw.rs). state = [m (n), v (n)]; g scaled by clip[0]. The same
-// operations in the same order as the CPU path: m*b1 + g*(1-b1), v*b2 + (g*g)*(1-b2).
+// operations in the same order as the CPU path: m*b1 + g*(1-b1), v*b2 + (g*g)*(1-b2) (nvcc may
+// fuse a multiply and an add into one rounding, so not bit-identical to the CPU).
 template <typename T>
 __device__ void adamw_moments(T *state, const T *g, const double *clip, uint64_t n, double b1,
                               double b2) {
@@ -265,12 +266,13 @@ __device__ void softmax_bwd(const T *y, const T *g, T *dx, int rows, int d, doub
   for (int j = lane; j < d; j += 32) st(&dx[j], A(scale) * ld(y[j]) * (ld(g[j]) - dot));
 }
 
-// [batch, tokens, 3, heads, hd] <-> [3, batch, heads, tokens, hd], one thread per element of the
-// [3, batch, heads, tokens, hd] side. split: y = x + bias (bias [3 * heads * hd]); merge (split = 0,
-// bias unused): dx = g, the inverse permutation.
+// [batch, tokens, parts, heads, hd] <-> [parts, batch, heads, tokens, hd], one thread per element
+// of the [parts, batch, heads, tokens, hd] side (parts: 3 for q, k, v; 1 for attention's output).
+// split: y = x (+ bias [parts * heads * hd] when has_bias); merge (split = 0, bias unused): the
+// inverse permutation.
 template <typename T>
-__device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int batch, int tokens, int heads,
-                            int hd, int split) {
+__device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int batch, int tokens, int parts,
+                            int heads, int hd, int split, int has_bias) {
   typedef typename Acc<T>::type A;
   for (uint64_t o = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; o < n;
        o += (uint64_t)gridDim.x * blockDim.x) {
@@ -283,11 +285,13 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int
     const int b = r % batch;
     const int s = r / batch;
     const uint64_t col = ((uint64_t)s * heads + h) * hd + e;
-    const uint64_t i = ((uint64_t)b * tokens + t) * 3 * heads * hd + col;
-    if (split)
+    const uint64_t i = ((uint64_t)b * tokens + t) * parts * heads * hd + col;
+    if (!split)
+      dst[i] = src[o];
+    else if (has_bias)
       st(&dst[o], ld(src[i]) + ld(bias[col]));
     else
-      dst[i] = src[o];
+      dst[o] = src[i];
   }
 }
 
@@ -338,9 +342,9 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int
     softmax_bwd<T>(y, g, dx, rows, d, scale);                                                      \
   }                                                                                                \
   extern "C" __global__ void split_heads_##S(const T *src, const T *bias, T *dst, uint64_t n,      \
-                                             int batch, int tokens, int heads, int hd,             \
-                                             int split) {                                          \
-    split_heads<T>(src, bias, dst, n, batch, tokens, heads, hd, split);                            \
+                                             int batch, int tokens, int parts, int heads, int hd,  \
+                                             int split, int has_bias) {                            \
+    split_heads<T>(src, bias, dst, n, batch, tokens, parts, heads, hd, split, has_bias);           \
   }
 
 LOSA_OPS(float, f32)

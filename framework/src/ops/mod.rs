@@ -7,7 +7,8 @@
 //! (`cuda_fwd`, kernels in `kernels.cu`, compiled to PTX by `build.rs` with nvcc as candle-kernels
 //! does, and loaded once per device). Matmuls stay on candle's matmul (gemm / cuBLAS).
 //!
-//! The ops: `layer_norm`, `bias_gelu`, `softmax` (scaled), `split_heads` (qkv bias + head split),
+//! The ops: `layer_norm`, `bias_gelu`, `softmax` (scaled), `split_heads` (qkv bias + head split)
+//! and `merge_heads` (attention's output back to tokens),
 //! `bias_residual` (the ViT block's residual sums with their bias), `residual` (no graph), and
 //! `side_update`, one LoSA side block as a single op with a hand-written backward (see side.rs);
 //! and `adamw_update`, the optimiser's step for one parameter, in place.
@@ -36,7 +37,7 @@ mod tests;
 
 pub use adamw::{AdamWStep, adamw_update};
 pub use bias_gelu::bias_gelu;
-pub use heads::split_heads;
+pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
 pub use residual::{bias_residual, residual};
 pub use side::{LowRankMix, side_update};

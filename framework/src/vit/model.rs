@@ -179,7 +179,7 @@ impl Vit {
         // Each linear layer's bias is added by the fused op that reads its output next (head
         // split, bias + GELU, residual sum; crate::ops): one pass fewer per layer, each way.
         let weight_only = |l: &Linear| Linear { weight: l.weight.clone(), bias: None };
-        let (b, n, d) = x.dims3()?;
+        let d = x.dim(2)?;
         let heads = self.config.shape.heads;
         let qkv = linear(LinearSite::Qkv, &weight_only(&blk.qkv), &blk.norm1.forward(x)?)?;
         // [3, batch, heads, tokens, head_dim]: q, k and v are contiguous views.
@@ -187,7 +187,7 @@ impl Vit {
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         // softmax(q·kᵀ / √head_dim), the scaling folded into the softmax's pass.
         let attn = ops::softmax(&q.matmul(&k.t()?)?, ((d / heads) as f64).powf(-0.5))?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let out = ops::merge_heads(&attn.matmul(&v)?)?;
         let proj = linear(LinearSite::Proj, &weight_only(&blk.proj), &out)?;
         let x = ops::bias_residual(x, &proj, &bias_or_zeros(&blk.proj, d, x)?)?;
         let h = blk.norm2.forward(&x)?;
