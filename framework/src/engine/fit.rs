@@ -124,7 +124,8 @@ pub struct FitResult {
 pub enum FitOutcome {
     /// Trained and evaluated; the method's variables hold the selected weights.
     Finished(FitResult),
-    /// The loss stopped being finite.
+    /// The loss stopped being finite. The step that diverged was applied (the loss is read after
+    /// the update, so as not to stall a GPU), so the method's variables are not valid weights.
     Diverged {
         /// "diverged at step N (loss NaN)".
         reason: String,

@@ -152,7 +152,7 @@ impl Optimizer {
         ((norm + 1e-6)?.recip()? * max)?.clamp(0.0, 1.0)?.reshape(1)
     }
 
-    /// A copy of the optimiser's state as named tensors (for resuming a run): each variable's
+    /// A copy of the optimiser's state in host memory as named tensors (for resuming a run): each variable's
     /// `<name>.first` (AdamW's first moment or SGD's momentum) and `<name>.second` (AdamW's
     /// second moment), shaped like the variable.
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
@@ -162,9 +162,8 @@ impl Optimizer {
             match self.kind {
                 Kind::Adamw => {
                     let shape = s.var.shape();
-                    // Copies: the state is updated in place.
-                    out.push((format!("{}.first", s.name), state.get(0)?.reshape(shape)?.copy()?));
-                    out.push((format!("{}.second", s.name), state.get(1)?.reshape(shape)?.copy()?));
+                    out.push((format!("{}.first", s.name), host_copy(&state.get(0)?.reshape(shape)?)?));
+                    out.push((format!("{}.second", s.name), host_copy(&state.get(1)?.reshape(shape)?)?));
                 }
                 Kind::Sgd => out.push((format!("{}.first", s.name), state.clone())),
             }
@@ -190,6 +189,15 @@ impl Optimizer {
         }
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// `t` copied into host memory: the moments are updated in place, so a saved state must not alias
+/// them (on a device, the move to the host is the copy; no second copy on the device).
+fn host_copy(t: &Tensor) -> Result<Tensor> {
+    match t.device() {
+        candle_core::Device::Cpu => t.copy(),
+        _ => t.to_device(&candle_core::Device::Cpu),
     }
 }
 

@@ -99,3 +99,37 @@ fn the_state_restores_to_continue_identically() {
     }
     assert_eq!(a.as_tensor().to_vec1::<f64>().unwrap(), b.as_tensor().to_vec1::<f64>().unwrap());
 }
+
+#[test]
+fn a_saved_state_is_a_copy_that_later_steps_leave_alone() {
+    let train = TrainConfig::default();
+    let x = Var::from_tensor(&Tensor::new(&[1.0f64, -2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
+    let mut opt = Optimizer::new(&train, vec![("x.weight".into(), x)]);
+    let grad = || vec![Some(Tensor::new(&[0.5f64, -0.3, 0.2], &Device::Cpu).unwrap())];
+    opt.step_with(grad(), 0.1).unwrap();
+    let saved = opt.state().unwrap();
+    let before: Vec<Vec<f64>> = saved.iter().map(|(_, t)| t.to_vec1().unwrap()).collect();
+    opt.step_with(grad(), 0.1).unwrap();
+    let after: Vec<Vec<f64>> = saved.iter().map(|(_, t)| t.to_vec1().unwrap()).collect();
+    assert_eq!(before, after, "the in-place update reached a saved state");
+    assert_ne!(opt.state().unwrap()[0].1.to_vec1::<f64>().unwrap(), before[0]);
+}
+
+#[test]
+fn adamw_reads_strided_and_offset_gradients_through_their_layout() {
+    let train = TrainConfig::default();
+    let run = |grad: Tensor| {
+        let x = Var::from_tensor(&Tensor::new(&[[1.0f64, -2.0], [3.0, 0.5]], &Device::Cpu).unwrap()).unwrap();
+        let mut opt = Optimizer::new(&train, vec![("x.weight".into(), x.clone())]);
+        opt.step_with(vec![Some(grad)], 0.1).unwrap();
+        x.as_tensor().to_vec2::<f64>().unwrap()
+    };
+    let g = Tensor::new(&[[0.5f64, -0.3], [0.2, 0.9]], &Device::Cpu).unwrap();
+    let transposed = g.t().unwrap().contiguous().unwrap().t().unwrap();
+    assert!(!transposed.is_contiguous());
+    let wide = Tensor::new(&[9.0f64, 0.5, -0.3, 0.2, 0.9], &Device::Cpu).unwrap();
+    let offset = wide.narrow(0, 1, 4).unwrap().reshape((2, 2)).unwrap();
+    let expected = run(g);
+    assert_eq!(run(transposed), expected);
+    assert_eq!(run(offset), expected);
+}

@@ -125,7 +125,9 @@ fn rows_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// every mixer's parameters, never in `b` (the frozen backbone's block output). `b` and `y` are
 /// `[batch, tokens, width]`, of one dtype, in which the block computes (matmuls, norms and
 /// activations, as an autocast region would); the parameters may be of another dtype (f32 master
-/// weights for a bf16 block), are cast once per call, and get their gradients in their own dtype.
+/// weights for a bf16 block), are cast once per call, and get their gradients in their own dtype
+/// (the weights' computed by matrix products in the block's dtype, the sums for norms and biases
+/// accumulated in f32).
 /// All on one device.
 pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> Result<Tensor> {
     if mixers.is_empty() {

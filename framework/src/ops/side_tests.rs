@@ -236,8 +236,10 @@ fn side_update_gives_no_gradient_to_the_features_and_none_to_an_untracked_stream
 
 /// Half-precision activations with f32 parameters (LoSA's side network on a bf16 backbone, as
 /// under autocast): the block computes exactly as with the parameters cast to the half dtype, and
-/// the parameters get their gradients in f32, unrounded: rounded to the half dtype they are the
-/// all-half run's, and they stay within the half dtype's tolerance of the f64 reference.
+/// the parameters get their gradients in f32 (the weights' from half-precision matrix products,
+/// as under autocast; the norms' and biases' sums not rounded to half): rounded to the half dtype
+/// they are the all-half run's, and they stay within the half dtype's tolerance of the f64
+/// reference.
 #[test]
 fn side_update_with_f32_parameters_computes_in_the_stream_dtype() {
     let probe = normal(&SHAPE, 1.0, 9);

@@ -225,8 +225,9 @@ adapter_config!(
         /// Backbone blocks whose outputs feed the side network. Default: "all".
         blocks: Blocks = Blocks::default(),
         /// Number format of the side network's activations: "backbone" (the frozen backbone's,
-        /// so bf16 on CUDA by default, as PyTorch's bf16 autocast runs it) or "f32". Parameters,
-        /// their gradients and the optimiser state are f32 either way. Default: "backbone".
+        /// so bf16 on CUDA by default, as PyTorch's bf16 autocast runs the reference, except that
+        /// norms return bf16 here) or "f32". Parameters, their gradients and the optimiser state
+        /// are f32 either way. Default: "backbone".
         side_dtype: SideDtype = SideDtype::Backbone,
     }
 );
@@ -238,7 +239,8 @@ pub enum SideDtype {
     /// The frozen backbone's dtype (`backbone.dtype`): half the memory traffic of f32 with a
     /// half-precision backbone.
     Backbone,
-    /// 32-bit float, whatever the backbone computes in.
+    /// The parameters' own dtype (f32 in every run), whatever the backbone computes in: the
+    /// behaviour before this setting existed.
     F32,
 }
 
