@@ -7,11 +7,12 @@
 //! (`cuda_fwd`, kernels in `kernels.cu`, compiled to PTX by `build.rs` with nvcc as candle-kernels
 //! does, and loaded once per device). Matmuls stay on candle's matmul (gemm / cuBLAS).
 //!
-//! The ops: `layer_norm`, `bias_gelu`, `softmax` (scaled), `split_heads` (qkv bias + head split)
-//! and `merge_heads` (attention's output back to tokens),
-//! `bias_residual` (the ViT block's residual sums with their bias), `residual` (no graph), and
-//! `side_update`, one LoSA side block as a single op with a hand-written backward (see side.rs);
-//! and `adamw_update`, the optimiser's step for one parameter, in place.
+//! The ops: `layer_norm`, `bias_gelu`, `softmax` (scaled), `split_heads` (qkv bias + head split),
+//! `merge_heads` (attention's output back into token order), `bias_residual` (the ViT block's
+//! residual sums with their bias), `residual` (no graph), and `side_update`, one LoSA side block as
+//! a single op with a hand-written backward (see side.rs); `adamw_update`, the optimiser's step for
+//! one parameter, in place; and, inside the backward passes, one-pass column sums for bias
+//! gradients (column_sums.rs).
 //!
 //! Every op takes f32, f64, f16 and bf16 and computes in f32 (f64 for f64), rounding once at the
 //! end; its backward is built from these ops and cheap primitives (sums), so gradients of
