@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything issues 9 and 10 need measured on the GPU machine, in one call (../shared/GPU.md: no
-# Rust there). Build here first, with the CUDA 13 toolchain, for compute capability 9.0:
+# Rust there). Build here first (bench/build_gpu.sh runs exactly these commands), with the CUDA 13
+# toolchain, for compute capability 9.0:
 #   eval "$(bash ../shared/tools/cuda-toolchain.sh)"; touch framework/build.rs
 #   CARGO_TARGET_DIR=/work/target-cuda CUDA_COMPUTE_CAP=90 cargo build --release -p losa-bench \
 #     --features cuda --bin kernels --bin train_step --bin device_parity

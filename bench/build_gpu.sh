@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the CUDA binaries that bench/run_gpu.sh runs on the GPU machine, into the git-ignored
+# gpu-bin/ (name it in the device tool's `carry`). Run here, not there (../shared/GPU.md: no Rust
+# on the GPU machine): about 40 minutes on 2 cores from an empty target folder.
+#   bench/build_gpu.sh            # compute capability 9.0 (H100, H200)
+#   CUDA_COMPUTE_CAP=80 bench/build_gpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(bash ../shared/tools/cuda-toolchain.sh)"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-cuda} CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+# A CUDA target folder shared with another checkout can hold that checkout's build-script output,
+# and then the fused ops' PTX is not found: rebuild it from this checkout's kernels.
+touch framework/build.rs
+cargo build --release -p losa-bench --features cuda --bin kernels --bin train_step --bin device_parity
+cargo build --release --features cuda --bin runner
+mkdir -p gpu-bin
+for b in kernels train_step device_parity runner; do
+  cp "$CARGO_TARGET_DIR/release/$b" gpu-bin/
+  strip gpu-bin/$b 2>/dev/null || true
+done
+ls -la gpu-bin
+# The device tool carries at most 64 MiB with the checkout.
+mib=$(( $(du -sk gpu-bin | cut -f1) / 1024 ))
+echo "gpu-bin: $mib MiB"
+if [ "$mib" -gt 60 ]; then
+  echo "warning: gpu-bin is over 60 MiB; the device tool carries at most 64 MiB in all" >&2
+fi
