@@ -31,7 +31,8 @@ pub fn split_heads(x: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
 /// (each token's heads side by side), contiguous; differentiable.
 pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     let (batch, heads, tokens, head_dim) = x.dims4()?;
-    x.contiguous()?.apply_op1(Merge(Heads { parts: 1, batch, tokens, heads, head_dim }))
+    x.contiguous()?
+        .apply_op1(Regroup { heads: Heads { parts: 1, batch, tokens, heads, head_dim }, split: false })
 }
 
 /// The geometry of one split: `[batch, tokens, parts, heads, head_dim]` to `[parts, batch, heads,
@@ -152,7 +153,7 @@ impl CustomOp2 for Heads {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = grad.contiguous()?.apply_op1_no_bwd(&Merge(*self))?;
+        let dx = grad.contiguous()?.apply_op1_no_bwd(&Regroup { heads: *self, split: false })?;
         let dbias = if bias.track_op() {
             Some(super::sum_along(&dx, self.parts * self.heads * self.head_dim, 1)?.to_dtype(bias.dtype())?)
         } else {
@@ -163,10 +164,14 @@ impl CustomOp2 for Heads {
     }
 }
 
-/// The inverse permutation, `[parts, batch, heads, tokens, head_dim]` to `[batch, tokens,
-/// parts·heads·head_dim]`: split_heads' backward (no graph) and [`merge_heads`] (whose backward is
-/// the split without a bias).
-struct Merge(Heads);
+/// The permutation without a bias, either way: to head order (`split`, `[batch, tokens,
+/// parts·heads·head_dim]` to `[parts, batch, heads, tokens, head_dim]`) or back to token order.
+/// Back to token order it is split_heads' backward (no graph) and [`merge_heads`]; each direction's
+/// backward is the other.
+struct Regroup {
+    heads: Heads,
+    split: bool,
+}
 
 fn merge_cpu<T: Elem>(op: Heads, (g, lg): (&[T], &Layout)) -> Result<(CpuStorage, Shape)> {
     let g = slice(g, lg, "merge_heads")?;
@@ -182,13 +187,23 @@ fn merge_cpu<T: Elem>(op: Heads, (g, lg): (&[T], &Layout)) -> Result<(CpuStorage
     Ok((T::to_cpu_storage_owned(dx), op.merged()))
 }
 
-impl CustomOp1 for Merge {
+fn regroup_cpu<T: Elem>(op: &Regroup, (x, lx): (&[T], &Layout)) -> Result<(CpuStorage, Shape)> {
+    match op.split {
+        true => split_cpu(op.heads, x, lx, None),
+        false => merge_cpu(op.heads, (x, lx)),
+    }
+}
+
+impl CustomOp1 for Regroup {
     fn name(&self) -> &'static str {
-        "losa-merge-heads"
+        match self.split {
+            true => "losa-split-heads-no-bias",
+            false => "losa-merge-heads",
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_dispatch!(self.name(), merge_cpu(self.0; s: l))
+        cpu_dispatch!(self.name(), regroup_cpu(self; s: l))
     }
 
     #[cfg(feature = "cuda")]
@@ -197,38 +212,13 @@ impl CustomOp1 for Merge {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = super::cuda::split_heads((s, l), None, self.0.dims(), false)?;
-        Ok((out, self.0.merged()))
+        let out = super::cuda::split_heads((s, l), None, self.heads.dims(), self.split)?;
+        let shape = if self.split { self.heads.shape() } else { self.heads.merged() };
+        Ok((out, shape))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Split(self.0))?))
-    }
-}
-
-/// The split without a bias: [`merge_heads`]' backward.
-struct Split(Heads);
-
-fn split_only_cpu<T: Elem>(op: Heads, (x, lx): (&[T], &Layout)) -> Result<(CpuStorage, Shape)> {
-    split_cpu(op, x, lx, None)
-}
-
-impl CustomOp1 for Split {
-    fn name(&self) -> &'static str {
-        "losa-split-heads-no-bias"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_dispatch!(self.name(), split_only_cpu(self.0; s: l))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = super::cuda::split_heads((s, l), None, self.0.dims(), true)?;
-        Ok((out, self.0.shape()))
+        let back = Regroup { heads: self.heads, split: !self.split };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
     }
 }
