@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use losa_framework::adaptation::{Adaptation, ParamCount, compute_taps, load_adapter, save_adapter};
+use losa_framework::adaptation::{Adaptation, ParamCount, Taps, compute_taps, load_adapter, save_adapter};
 use losa_framework::recipe::*;
 use losa_framework::vit::{Vit, VitConfig, random_weights, seeded_normal};
 
@@ -381,6 +381,23 @@ fn losa_mixers_match_the_transposed_composition() {
     }
 }
 
+/// LoSA's logits in training mode (epoch 0's dropout), side blocks fused or composed, then the
+/// gradient of `sum(logits · probe)` for every trainable tensor.
+fn losa_outputs(
+    losa: &crate::losa::Losa,
+    vit: &Vit,
+    taps: &Taps,
+    probe: &Tensor,
+    fused: bool,
+) -> Vec<Tensor> {
+    losa.start_epoch(0);
+    let logits = losa.forward_with(vit, taps, true, fused).unwrap();
+    let grads = (&logits * probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let mut out = vec![logits];
+    out.extend(losa.trainable().iter().map(|(_, v)| grads.get(v.as_tensor()).expect("a gradient").clone()));
+    out
+}
+
 /// LoSA's side blocks as one op (`ops::side_update`, the GELU default) against the same blocks
 /// composed from candle ops: the same logits and gradients in f64, with dropout on (the masks come
 /// from one stream in one order, so both draw the same).
@@ -398,16 +415,7 @@ fn losa_fused_side_blocks_match_the_composed_ones_with_dropout() {
             seeded_normal((2, 3, 8, 8), 1.0, 12, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
         let taps = compute_taps(&vit, &images, &losa.taps()).unwrap();
         let probe = seeded_normal((2, 5), 1.0, 13, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
-        let run = |fused: bool| {
-            losa.start_epoch(0);
-            let logits = losa.forward_with(&vit, &taps, true, fused).unwrap();
-            let grads = (&logits * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let mut out = vec![logits];
-            out.extend(
-                losa.trainable().iter().map(|(_, v)| grads.get(v.as_tensor()).expect("a gradient").clone()),
-            );
-            out
-        };
+        let run = |fused: bool| losa_outputs(&losa, &vit, &taps, &probe, fused);
         let (fused, composed) = (run(true), run(false));
         for (k, (f, c)) in fused.iter().zip(&composed).enumerate() {
             let diff = (f - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
@@ -439,13 +447,7 @@ fn losa_side_network_computes_in_the_backbone_dtype_with_f32_parameters() {
         let losa = crate::losa::Losa::new(&config, &vit, head, &mut init).unwrap();
         randomise(&losa);
         let taps = compute_taps(&vit, &images.to_dtype(backbone_dtype).unwrap(), &losa.taps()).unwrap();
-        let logits = losa.forward_with(&vit, &taps, true, fused).unwrap();
-        let grads = (&logits * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let mut out = vec![logits];
-        out.extend(
-            losa.trainable().iter().map(|(_, v)| grads.get(v.as_tensor()).expect("a gradient").clone()),
-        );
-        out
+        losa_outputs(&losa, &vit, &taps, &probe, fused)
     };
     let f32_side = run(DType::BF16, SideDtype::F32, true);
     for fused in [true, false] {
