@@ -88,15 +88,12 @@ impl Optimizer {
     /// device: with clipping, the global norm and the factor stay on the device, where the
     /// update kernels read them.
     pub fn step_with(&mut self, grads: Vec<Option<Tensor>>, lr: f64) -> Result<()> {
-        let Some(device) = grads.iter().flatten().next().map(|g| g.device().clone()) else {
-            self.steps += 1;
-            return Ok(());
-        };
+        self.steps += 1;
+        let Some(device) = grads.iter().flatten().next().map(|g| g.device().clone()) else { return Ok(()) };
         let clip = match self.grad_clip {
-            Some(max) => self.clip_factor(&grads, max, &device)?,
+            Some(max) => clip_factor(&grads, max, &device)?,
             None => Tensor::ones(1, DType::F64, &device)?,
         };
-        self.steps += 1;
         for (slot, grad) in self.slots.iter_mut().zip(grads) {
             let Some(g) = grad else { continue };
             let p = slot.var.as_tensor();
@@ -135,26 +132,9 @@ impl Optimizer {
         Ok(())
     }
 
-    /// PyTorch's `clip_grad_norm_` factor, `min(1, max / (‖g‖ + 1e-6))` over all gradients (the
-    /// norm summed in f64), as a one-element f64 tensor on `device`.
-    fn clip_factor(
-        &self,
-        grads: &[Option<Tensor>],
-        max: f64,
-        device: &candle_core::Device,
-    ) -> Result<Tensor> {
-        let sums = grads
-            .iter()
-            .flatten()
-            .map(|g| g.to_dtype(DType::F64)?.sqr()?.sum_all()?.reshape(1)?.to_device(device))
-            .collect::<Result<Vec<_>>>()?;
-        let norm = Tensor::cat(&sums, 0)?.sum_all()?.sqrt()?;
-        ((norm + 1e-6)?.recip()? * max)?.clamp(0.0, 1.0)?.reshape(1)
-    }
-
-    /// A copy of the optimiser's state in host memory as named tensors (for resuming a run): each variable's
-    /// `<name>.first` (AdamW's first moment or SGD's momentum) and `<name>.second` (AdamW's
-    /// second moment), shaped like the variable.
+    /// A copy of the optimiser's state in host memory as named tensors (for resuming a run): each
+    /// variable's `<name>.first` (AdamW's first moment or SGD's momentum) and `<name>.second`
+    /// (AdamW's second moment), shaped like the variable.
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for s in &self.slots {
@@ -165,7 +145,7 @@ impl Optimizer {
                     out.push((format!("{}.first", s.name), host_copy(&state.get(0)?.reshape(shape)?)?));
                     out.push((format!("{}.second", s.name), host_copy(&state.get(1)?.reshape(shape)?)?));
                 }
-                Kind::Sgd => out.push((format!("{}.first", s.name), state.clone())),
+                Kind::Sgd => out.push((format!("{}.first", s.name), host_copy(state)?)),
             }
         }
         Ok(out)
@@ -190,6 +170,18 @@ impl Optimizer {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// PyTorch's `clip_grad_norm_` factor, `min(1, max / (‖g‖ + 1e-6))` over all gradients (the
+/// norm summed in f64), as a one-element f64 tensor on `device`.
+fn clip_factor(grads: &[Option<Tensor>], max: f64, device: &candle_core::Device) -> Result<Tensor> {
+    let sums = grads
+        .iter()
+        .flatten()
+        .map(|g| g.to_dtype(DType::F64)?.sqr()?.sum_all()?.reshape(1)?.to_device(device))
+        .collect::<Result<Vec<_>>>()?;
+    let norm = Tensor::cat(&sums, 0)?.sum_all()?.sqrt()?;
+    ((norm + 1e-6)?.recip()? * max)?.clamp(0.0, 1.0)?.reshape(1)
 }
 
 /// `t` copied into host memory: the moments are updated in place, so a saved state must not alias
