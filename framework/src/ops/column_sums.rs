@@ -11,7 +11,7 @@ use super::cpu::{Acc, Elem, cpu_dispatch, slice};
 
 const NAME: &str = "column_sums";
 /// At most this many chunks of rows, each summed on its own.
-pub(crate) const CHUNKS: usize = 64;
+const CHUNKS: usize = 64;
 /// At least this many rows per chunk.
 const MIN_ROWS: usize = 64;
 
@@ -31,7 +31,7 @@ pub(crate) fn column_sums(t: &Tensor, cols: usize) -> Result<Tensor> {
 }
 
 /// `(chunks, rows per chunk)` for `rows` rows.
-pub(crate) fn chunking(rows: usize) -> (usize, usize) {
+fn chunking(rows: usize) -> (usize, usize) {
     let chunks = rows.div_ceil(MIN_ROWS).clamp(1, CHUNKS);
     let per = rows.div_ceil(chunks);
     (rows.div_ceil(per), per)

@@ -24,6 +24,7 @@ use super::layer_norm::{layer_norm_dparams, layer_norm_dx};
 use super::residual::{residual, residual_storage};
 use super::{bias_gelu, layer_norm, sum_along};
 use crate::recipe::Mixer;
+use crate::vit::Linear;
 
 /// One low-rank mixer, as [`side_update`] runs it (activation: GELU).
 #[derive(Debug, Clone)]
@@ -79,10 +80,11 @@ impl LowRankMix {
         }
     }
 
-    /// `Down(x)` before its bias: `x·Wdᵀ` [batch, tokens, rank] or `Wd·x` [batch, rank, width].
+    /// `Down(x)` before its bias: `x·Wdᵀ` [batch, tokens, rank] (a linear layer: one GEMM over all
+    /// the batch's tokens) or `Wd·x` [batch, rank, width].
     fn down(&self, x: &Tensor) -> Result<Tensor> {
         match self.axis {
-            Mixer::Channel => rows_matmul(x, &self.down.t()?),
+            Mixer::Channel => Linear { weight: self.down.clone(), bias: None }.forward(x),
             Mixer::Token => self.down.broadcast_matmul(x),
         }
     }
@@ -107,18 +109,10 @@ impl LowRankMix {
     /// `Up(a)` before its bias: `a·Wuᵀ` or `Wu·a`, [batch, tokens, width].
     fn up(&self, a: &Tensor) -> Result<Tensor> {
         match self.axis {
-            Mixer::Channel => rows_matmul(a, &self.up.t()?),
+            Mixer::Channel => Linear { weight: self.up.clone(), bias: None }.forward(a),
             Mixer::Token => self.up.broadcast_matmul(a),
         }
     }
-}
-
-/// `x · w` for `x` [batch, tokens, k] and `w` [k, m] as one `[batch·tokens, k] · [k, m]` matrix
-/// product rather than a batch of per-image products with `w` broadcast: one large GEMM instead
-/// of `batch` skinny ones (as candle-nn's `Linear` does for contiguous inputs).
-fn rows_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (batch, tokens, k) = x.dims3()?;
-    x.contiguous()?.reshape((batch * tokens, k))?.matmul(w)?.reshape((batch, tokens, w.dim(1)?))
 }
 
 /// `y + g(b + y)` for the mixers in order (see the module docs), differentiable in `y` and in
