@@ -223,6 +223,9 @@ impl Adaptation for Poisoned {
     fn forward_taps(&self, vit: &Vit, taps: &Taps, train: bool) -> CandleResult<Tensor> {
         self.0.forward_taps(vit, taps, train)? * f64::NAN
     }
+    fn backward(&self, loss: &Tensor) -> CandleResult<candle_core::backprop::GradStore> {
+        self.0.backward(loss)
+    }
 }
 
 #[test]

@@ -29,6 +29,11 @@ impl Init {
         )
     }
 
+    /// The device it makes variables on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// All zeros.
     pub fn zeros(&self, shape: impl Into<Shape>) -> Result<Var> {
         let shape = shape.into();

@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Result, Shape, Tensor, Var};
 use losa_framework::adaptation::{Adaptation, BackboneUse, Taps, compute_taps};
 use losa_framework::ops;
@@ -54,6 +55,8 @@ pub struct Losa {
     activation: Activation,
     dropout: Dropout,
     side_dtype: SideDtype,
+    /// Where the fused side blocks put their parameters' gradients (see `Adaptation::backward`).
+    grads: ops::GradSink,
     depth: usize,
     /// The classifier on the final norm of y_L.
     pub head: Head,
@@ -93,6 +96,7 @@ impl Losa {
             activation: config.activation,
             dropout,
             side_dtype: config.side_dtype,
+            grads: ops::GradSink::new(init.device())?,
             depth: vit.config.shape.depth,
             head,
         })
@@ -194,7 +198,10 @@ impl Losa {
         let eps = vit.config.norm_eps;
         for (&i, parts) in &self.mixers {
             y = match fused {
-                true => ops::side_update(&block(i)?, &y, &self.side_mixes(parts, &y, train)?, eps)?,
+                true => {
+                    let mixes = self.side_mixes(parts, &y, train)?;
+                    ops::side_update(&block(i)?, &y, &mixes, eps, &self.grads)?
+                }
                 false => {
                     let z = (block(i)? + &y)?;
                     (&y + self.mix(parts, &z, eps, train)?)?
@@ -261,6 +268,11 @@ impl Adaptation for Losa {
 
     fn forward(&self, vit: &Vit, images: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_taps(vit, &compute_taps(vit, images, &self.taps())?, train)
+    }
+
+    /// candle's backward, with the fused side blocks' parameter gradients added from the sink.
+    fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        self.grads.backward(loss)
     }
 
     fn forward_taps(&self, vit: &Vit, taps: &Taps, train: bool) -> Result<Tensor> {

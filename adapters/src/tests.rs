@@ -99,7 +99,7 @@ fn every_methods_gradients_match_finite_differences_for_every_trainable_tensor()
     for config in methods() {
         let method = build(&config, &vit, 4, 1, DType::F64).unwrap();
         randomise(method.as_ref());
-        let grads = loss(method.as_ref(), &vit, &images, &probe).backward().unwrap();
+        let grads = method.backward(&loss(method.as_ref(), &vit, &images, &probe)).unwrap();
         for (name, var) in method.trainable() {
             let what = format!("{} {name}", config.kind());
             let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{what}: no gradient"));
@@ -232,7 +232,7 @@ fn losa_never_builds_a_gradient_path_into_the_backbone() {
         let method = build(&config, &vit, 3, 0, DType::F32).unwrap();
         randomise(method.as_ref());
         let logits = method.forward(&vit, &images, true).unwrap();
-        let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = method.backward(&logits.sqr().unwrap().sum_all().unwrap()).unwrap();
         for (name, var) in &backbone_vars {
             assert!(
                 grads.get(var.as_tensor()).is_none(),
@@ -392,7 +392,7 @@ fn losa_outputs(
 ) -> Vec<Tensor> {
     losa.start_epoch(0);
     let logits = losa.forward_with(vit, taps, true, fused).unwrap();
-    let grads = (&logits * probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = losa.backward(&(&logits * probe).unwrap().sum_all().unwrap()).unwrap();
     let mut out = vec![logits];
     out.extend(losa.trainable().iter().map(|(_, v)| grads.get(v.as_tensor()).expect("a gradient").clone()));
     out

@@ -98,7 +98,7 @@ fn run_method(
     for step in 0..STEPS {
         let loss = cross_entropy(&forward(method.as_ref(), true)?, &labels, 0.0)?;
         losses.push(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
-        let g = loss.backward()?;
+        let g = method.backward(&loss)?;
         if step == 0 {
             grads = first_grads(&vars, &g)?;
         }

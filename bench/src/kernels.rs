@@ -13,6 +13,7 @@
 
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Result, Tensor, Var};
 use losa_framework::ops;
 use losa_framework::recipe::{DeviceSpec, Mixer};
@@ -158,14 +159,15 @@ impl Op {
         mixes
     }
 
-    fn fused(self, t: &[Tensor]) -> Result<Tensor> {
+    /// The fused op; `side_update` puts its parameters' gradients into `sink`.
+    fn fused(self, t: &[Tensor], sink: &ops::GradSink) -> Result<Tensor> {
         match self {
             Op::LayerNorm => ops::layer_norm(&t[0], &t[1], &t[2], 1e-6),
             Op::BiasGelu(dim) => ops::bias_gelu(&t[0], &t[1], dim),
             Op::Residual => ops::residual(&t[0], &t[1], Some(&t[2]), Some(&t[3])),
             Op::Side(_) => {
                 let last = t.len() - 1;
-                ops::side_update(&t[last], &t[0], &Self::mixes(&t[1..last]), 1e-6)
+                ops::side_update(&t[last], &t[0], &Self::mixes(&t[1..last]), 1e-6, sink)
             }
             Op::Softmax => ops::softmax(&t[0], 0.125),
             Op::SplitHeads(heads) => ops::split_heads(&t[0], &t[1], heads),
@@ -229,9 +231,11 @@ impl Op {
     }
 }
 
-/// The output and the gradient of `sum(f(inputs) · probe)` for each of the first `trainable` inputs.
+/// The output and the gradient of `sum(f(inputs) · probe)` for each of the first `trainable` inputs,
+/// taken from the store that `backward` makes.
 fn run(
     f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    backward: impl Fn(&Tensor) -> Result<GradStore>,
     inputs: &[Tensor],
     trainable: usize,
     probe: &Tensor,
@@ -244,7 +248,7 @@ fn run(
     if vars.is_empty() {
         return Ok(out);
     }
-    let grads = (&y * probe)?.sum_all()?.backward()?;
+    let grads = backward(&(&y * probe)?.sum_all()?)?;
     for v in &vars {
         out.push(grads.get(v.as_tensor()).cloned().ok_or(candle_core::Error::Msg("no gradient".into()))?);
     }
@@ -453,9 +457,11 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
                 op.inputs(shape)?.iter().map(|t| t.to_dtype(dtype)).collect::<Result<_>>()?;
             let probe = seeded_normal(op.output_shape(shape), 1.0, 9, &Device::Cpu)?.to_dtype(dtype)?;
             let trainable = op.trainable(inputs.len());
-            let cpu = run(|t| op.fused(t), &inputs, trainable, &probe)?;
+            let (cpu_sink, sink) = (ops::GradSink::new(&Device::Cpu)?, ops::GradSink::new(device)?);
+            let cpu = run(|t| op.fused(t, &cpu_sink), |l| cpu_sink.backward(l), &inputs, trainable, &probe)?;
             let on_device: Vec<Tensor> = inputs.iter().map(|t| t.to_device(device)).collect::<Result<_>>()?;
-            let dev = run(|t| op.fused(t), &on_device, trainable, &probe.to_device(device)?)?;
+            let probe = probe.to_device(device)?;
+            let dev = run(|t| op.fused(t, &sink), |l| sink.backward(l), &on_device, trainable, &probe)?;
             for ((name, a), b) in op.outputs().iter().zip(&dev).zip(&cpu) {
                 let err = scaled_err(a, b)?;
                 let pass = err <= tolerance(dtype);
@@ -484,10 +490,13 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
                 .to_dtype(dtype)?
                 .to_device(device)?;
             let trainable = op.trainable(inputs.len());
-            let fused =
-                median_ms(device, runs, || run(|t| op.fused(t), &inputs, trainable, &probe).map(|_| ()))?;
-            let unfused =
-                median_ms(device, runs, || run(|t| op.unfused(t), &inputs, trainable, &probe).map(|_| ()))?;
+            let sink = ops::GradSink::new(device)?;
+            let fused = median_ms(device, runs, || {
+                run(|t| op.fused(t, &sink), |l| sink.backward(l), &inputs, trainable, &probe).map(|_| ())
+            })?;
+            let unfused = median_ms(device, runs, || {
+                run(|t| op.unfused(t), Tensor::backward, &inputs, trainable, &probe).map(|_| ())
+            })?;
             println!(
                 "| {} | {shape:?} | {dtype:?} | {fused:.3} | {unfused:.3} | {:.2} |",
                 op.name(),

@@ -256,7 +256,7 @@ fn measure(s: &Setup<'_>, name: &str, args: &Args, meter: &memory::Meter) -> Res
             None => method.forward(vit, images, true)?,
         };
         meter.sample();
-        let grads = cross_entropy(&logits, labels, 0.0)?.backward()?;
+        let grads = method.backward(&cross_entropy(&logits, labels, 0.0)?)?;
         meter.sample();
         opt.step(&grads, 1e-4)?;
         meter.sample();

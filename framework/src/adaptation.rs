@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
 
 use crate::vit::{NoHooks, Vit};
@@ -57,6 +58,14 @@ pub trait Adaptation {
     /// Logits from precomputed backbone outputs. Only methods with a `Frozen` backbone support it.
     fn forward_taps(&self, _vit: &Vit, _taps: &Taps, _train: bool) -> Result<Tensor> {
         candle_core::bail!("{} trains through the backbone: it cannot run from cached features", self.kind())
+    }
+
+    /// The gradients of `loss` (computed from this method's logits) for its variables: candle's
+    /// backward, plus, for a method whose ops compute their parameters' gradients outside
+    /// candle's graph (LoSA's side blocks, through an `ops::GradSink`), those. Always take a
+    /// method's gradients through this: `loss.backward()` alone may miss some.
+    fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        loss.backward()
     }
 }
 

@@ -177,7 +177,7 @@ impl Fit<'_> {
                 let lr = learning_rate(self.train, step, steps_per_epoch);
                 let logits = self.logits(&input, true)?;
                 let loss = cross_entropy(&logits, &labels, self.train.label_smoothing)?;
-                let grads = loss.backward()?;
+                let grads = self.adaptation.backward(&loss)?;
                 if let Some(m) = self.memory {
                     m.sample(); // activations and gradients are both held now: the step's peak
                 }

@@ -76,10 +76,16 @@ impl Optimizer {
         self.steps
     }
 
-    /// One step at learning rate `lr` with the gradients of a backward pass.
+    /// One step at learning rate `lr` with the gradients of a backward pass, which must hold one
+    /// for every variable: a variable without one means the backward never reached it (a
+    /// gradient taken with `loss.backward()` where the method's own `Adaptation::backward` was
+    /// due), and training on would silently leave it as it is.
     pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<()> {
         let found: Vec<Option<Tensor>> =
             self.slots.iter().map(|s| grads.get(s.var.as_tensor()).cloned()).collect();
+        if let Some((slot, _)) = self.slots.iter().zip(&found).find(|(_, g)| g.is_none()) {
+            candle_core::bail!("optimiser: no gradient for {} (the backward did not reach it)", slot.name);
+        }
         self.step_with(found, lr)
     }
 

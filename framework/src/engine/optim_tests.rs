@@ -133,3 +133,18 @@ fn adamw_reads_strided_and_offset_gradients_through_their_layout() {
     assert_eq!(run(transposed), expected);
     assert_eq!(run(offset), expected);
 }
+
+/// A backward that did not reach a variable (its gradient taken with `loss.backward()` where the
+/// method's own backward was due) stops the step, naming the variable, before anything changes.
+#[test]
+fn a_step_refuses_a_backward_that_missed_a_variable() {
+    let w = Var::from_tensor(&Tensor::ones((2, 2), candle_core::DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::ones(2, candle_core::DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let mut opt =
+        Optimizer::new(&TrainConfig::default(), vec![("w".into(), w.clone()), ("b".into(), b.clone())]);
+    let grads = w.as_tensor().sum_all().unwrap().backward().unwrap();
+    let err = opt.step(&grads, 0.1).unwrap_err().to_string();
+    assert!(err.contains("no gradient for b"), "{err}");
+    assert_eq!(w.as_tensor().sum_all().unwrap().to_scalar::<f64>().unwrap(), 4.0);
+    assert_eq!(opt.steps(), 0);
+}

@@ -10,7 +10,8 @@
 //! The ops: `layer_norm`, `bias_gelu`, `softmax` (scaled), `split_heads` (qkv bias + head split),
 //! `merge_heads` (attention's output back into token order), `bias_residual` (the ViT block's
 //! residual sums with their bias), `residual` (no graph), and `side_update`, one LoSA side block as
-//! a single op with a hand-written backward (see side.rs); `adamw_update`, the optimiser's step for
+//! a single op with a hand-written backward (see side.rs), which hands its parameters' gradients over
+//! through a `GradSink` (grad_sink.rs); `adamw_update`, the optimiser's step for
 //! one parameter, in place; and, inside the backward passes, one-pass column sums for bias
 //! gradients (column_sums.rs).
 //!
@@ -26,6 +27,7 @@ mod column_sums;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod grad_sink;
 mod heads;
 mod layer_norm;
 mod residual;
@@ -38,6 +40,7 @@ mod tests;
 
 pub use adamw::{AdamWStep, adamw_update};
 pub use bias_gelu::bias_gelu;
+pub use grad_sink::GradSink;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
 pub use residual::{bias_residual, residual};

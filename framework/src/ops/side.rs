@@ -9,16 +9,19 @@
 //!
 //! Here the forward runs without a graph — matmuls on candle's matmul (gemm / cuBLAS); norm,
 //! bias + GELU and the residual sums on this module's kernels, one pass each — and one graph node
-//! with the hand-written backward below carries the gradient to `y` and to the parameters, which
-//! enter that node concatenated into one tensor (a node has at most three inputs; the concatenation
-//! is a few thousand elements). It keeps each mixer's input `h` and its rank-sized
-//! pre-activation and activation; the normed input is recomputed in the backward (one pass over `h`) instead of
-//! kept, which saves one full-size tensor per mixer.
+//! with the hand-written backward below carries the gradient to `y`. The parameters' gradients,
+//! computed in the same backward, go to a [`GradSink`] rather than through the graph (a node has
+//! at most three inputs, and routing a gradient to each of eleven small tensors through candle's
+//! bookkeeping costs some fifty kernel launches per block; see grad_sink.rs). The node keeps each
+//! mixer's input `h` and its rank-sized pre-activation and activation; the normed input is
+//! recomputed in the backward (one pass over `h`) instead of kept, which saves one full-size
+//! tensor per mixer.
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
 
+use super::GradSink;
 use super::bias_gelu::bias_gelu_dx;
 use super::layer_norm::{layer_norm_dparams, layer_norm_dx};
 use super::residual::{residual, residual_storage};
@@ -53,23 +56,23 @@ impl LowRankMix {
         norm.chain([&self.down, &self.down_bias, &self.up]).chain(&self.up_bias).collect()
     }
 
-    /// This mixer with its parameters replaced by consecutive views of `flat` from `offset` on,
-    /// in [`LowRankMix::params`] order (the packed parameters, cast once for all), and its mask in
-    /// `flat`'s dtype: a copy that builds no graph.
-    fn viewed(&self, flat: &Tensor, offset: &mut usize) -> Result<Self> {
-        let mut take = |t: &Tensor| -> Result<Tensor> {
-            let view = flat.narrow(0, *offset, t.elem_count())?.reshape(t.shape())?;
-            *offset += t.elem_count();
-            Ok(view)
-        };
+    /// This mixer detached, its parameters and mask in `dtype` (the block's compute dtype; f32
+    /// master weights are cast once per call, as autocast casts them).
+    fn cast(&self, dtype: DType) -> Result<Self> {
+        let c = |t: &Tensor| t.detach().to_dtype(dtype);
         let norm = match &self.norm {
-            Some((w, b)) => Some((take(w)?, take(b)?)),
+            Some((w, b)) => Some((c(w)?, c(b)?)),
             None => None,
         };
-        let (down, down_bias, up) = (take(&self.down)?, take(&self.down_bias)?, take(&self.up)?);
-        let up_bias = self.up_bias.as_ref().map(&mut take).transpose()?;
-        let mask = self.mask.as_ref().map(|m| m.detach().to_dtype(flat.dtype())).transpose()?;
-        Ok(Self { axis: self.axis, norm, down, down_bias, up, up_bias, mask })
+        Ok(Self {
+            axis: self.axis,
+            norm,
+            down: c(&self.down)?,
+            down_bias: c(&self.down_bias)?,
+            up: c(&self.up)?,
+            up_bias: self.up_bias.as_ref().map(c).transpose()?,
+            mask: self.mask.as_ref().map(c).transpose()?,
+        })
     }
 
     /// `LN(h)`, or `h` with no norm.
@@ -115,15 +118,22 @@ impl LowRankMix {
     }
 }
 
-/// `y + g(b + y)` for the mixers in order (see the module docs), differentiable in `y` and in
-/// every mixer's parameters, never in `b` (the frozen backbone's block output). `b` and `y` are
-/// `[batch, tokens, width]`, of one dtype, in which the block computes (matmuls, norms and
-/// activations, as an autocast region would); the parameters may be of another dtype (f32 master
-/// weights for a bf16 block), are cast once per call, and get their gradients in their own dtype
-/// (the weights' computed by matrix products in the block's dtype, the sums for norms and biases
-/// accumulated in f32).
-/// All on one device.
-pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> Result<Tensor> {
+/// `y + g(b + y)` for the mixers in order (see the module docs), differentiable in `y`, never in
+/// `b` (the frozen backbone's block output). `b` and `y` are `[batch, tokens, width]`, of one
+/// dtype, in which the block computes (matmuls, norms and activations, as an autocast region
+/// would); the parameters may be of another dtype (f32 master weights for a bf16 block) and are
+/// cast once per call. The backward puts the gradient of every parameter that needs one (a
+/// variable, or a tensor computed from one) into `sink`, in the parameter's own dtype (the
+/// weights' computed by matrix products in the block's dtype, the sums for norms and biases
+/// accumulated in f32): they reach a gradient store through [`GradSink::deliver`] or
+/// [`GradSink::backward`], not through candle's `backward` alone. All on one device.
+pub fn side_update(
+    b: &Tensor,
+    y: &Tensor,
+    mixers: &[LowRankMix],
+    eps: f64,
+    sink: &GradSink,
+) -> Result<Tensor> {
     if mixers.is_empty() {
         bail!("side_update: no mixers");
     }
@@ -137,16 +147,8 @@ pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> R
     if b.dtype() != y.dtype() {
         bail!("side_update: features in {:?} and stream in {:?} must be of one dtype", b.dtype(), y.dtype());
     }
-    // Vectors as they are: a flattening is a graph node too, whose backward costs a zero-filled
-    // tensor and an addition (candle's gradient bookkeeping), two kernel launches on a GPU.
-    let flat = |t: &Tensor| if t.rank() == 1 { Ok(t.clone()) } else { t.flatten_all() };
-    let params: Vec<Tensor> = mixers.iter().flat_map(LowRankMix::params).map(flat).collect::<Result<_>>()?;
-    let packed = Tensor::cat(&params, 0)?;
-    // One cast for all parameters (not one per tensor: on a GPU each is a kernel launch).
-    let compute = packed.detach().to_dtype(y.dtype())?;
-    let mut offset = 0;
-    let mixers: Vec<LowRankMix> =
-        mixers.iter().map(|m| m.viewed(&compute, &mut offset)).collect::<Result<_>>()?;
+    let params: Vec<Tensor> = mixers.iter().flat_map(LowRankMix::params).cloned().collect();
+    let mixers: Vec<LowRankMix> = mixers.iter().map(|m| m.cast(y.dtype())).collect::<Result<_>>()?;
     let features = b.detach().contiguous()?;
     let mut h = residual(&features, &y.detach(), None, None)?;
     let (mut inputs, mut pres, mut acts, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);
@@ -164,15 +166,20 @@ pub fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64) -> R
         }
     }
     let last = Mutex::new(last.map(|m| (m, features)));
-    let op = SideUpdate { mixers, inputs, pres, acts, last, eps };
-    y.apply_op2(&packed, op)
+    let op = SideUpdate { mixers, params, sink: sink.clone(), inputs, pres, acts, last, eps };
+    y.apply_op2(sink.handle(), op)
 }
 
-/// The graph node of one [`side_update`]: its inputs are `y` and the packed parameters; its
-/// forward writes `h_{K−1} + m_K + bu_K − b` (the last mixer's residual, with `−z + y` folded in).
+/// The graph node of one [`side_update`]: its inputs are `y` and the sink's handle (standing for
+/// the parameters); its forward writes `h_{K−1} + m_K + bu_K − b` (the last mixer's residual, with
+/// `−z + y` folded in).
 struct SideUpdate {
     /// The mixers, detached, in the block's compute dtype.
     mixers: Vec<LowRankMix>,
+    /// The parameters as given, in [`LowRankMix::params`] order, mixer by mixer.
+    params: Vec<Tensor>,
+    /// Where the backward puts their gradients.
+    sink: GradSink,
     /// Each mixer's input `h_k` (`h_0 = z`).
     inputs: Vec<Tensor>,
     /// Each mixer's pre-activation `Down(LN(h_k))` without its bias (rank-sized).
@@ -292,33 +299,26 @@ impl CustomOp2 for SideUpdate {
     fn bwd(
         &self,
         y: &Tensor,
-        packed: &Tensor,
+        _handle: &Tensor,
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // dL/dh_K = grad; h_{k+1} = h_k + m_k + bu_k, so dL/dh_k = dL/dh_{k+1} + (through mixer k);
         // and z = b + y gives dL/dy = dL/dh_0.
+        let params = self.params.iter().any(Tensor::track_op);
         let mut dh = grad.contiguous()?;
         let mut per_mixer = Vec::with_capacity(self.mixers.len());
         for k in (0..self.mixers.len()).rev() {
-            let (grads, through) = self.mixer_grads(k, &dh, packed.track_op(), k > 0 || y.track_op())?;
+            let (grads, through) = self.mixer_grads(k, &dh, params, k > 0 || y.track_op())?;
             per_mixer.push(grads);
             if let Some(through) = through {
                 dh = (dh + through)?;
             }
         }
-        let dy = y.track_op().then_some(dh);
-        let dpacked = if packed.track_op() {
-            let flat = per_mixer
-                .into_iter()
-                .rev()
-                .flatten()
-                .map(|g| g.to_dtype(packed.dtype())?.flatten_all())
-                .collect::<Result<Vec<_>>>()?;
-            Some(Tensor::cat(&flat, 0)?)
-        } else {
-            None
-        };
-        Ok((dy, dpacked))
+        let grads = per_mixer.into_iter().rev().flatten();
+        for (p, g) in self.params.iter().zip(grads).filter(|(p, _)| p.track_op()) {
+            self.sink.put(p, g.to_dtype(p.dtype())?)?;
+        }
+        Ok((y.track_op().then_some(dh), None))
     }
 }

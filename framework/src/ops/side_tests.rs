@@ -1,12 +1,13 @@
 //! `residual` and `side_update` against their compositions from candle ops (values and gradients,
 //! every dtype), and `side_update`'s gradients against finite differences in f64.
 
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::tests::{
-    check_finite_differences, grads_of, layer_norm_unfused, max_rel_err, normal, tolerance, values,
+    check_finite_differences_via, grads_of, grads_via, layer_norm_unfused, max_rel_err, normal, tolerance,
+    values,
 };
-use super::{LowRankMix, bias_gelu, residual, side_update};
+use super::{GradSink, LowRankMix, bias_gelu, residual, side_update};
 use crate::recipe::Mixer;
 
 const DTYPES: [DType; 4] = [DType::F64, DType::F32, DType::F16, DType::BF16];
@@ -162,6 +163,10 @@ fn norm_err(a: &Tensor, b: &Tensor) -> f64 {
     (diff / b.iter().map(|y| y * y).sum::<f64>()).sqrt()
 }
 
+fn sink() -> GradSink {
+    GradSink::new(&Device::Cpu).unwrap()
+}
+
 fn features(dtype: DType) -> Tensor {
     (normal(&SHAPE, 1.0, 7) - 0.3).unwrap().to_dtype(dtype).unwrap()
 }
@@ -178,11 +183,11 @@ fn side_update_matches_the_composition_in_values_and_gradients_in_every_dtype() 
         for dtype in DTYPES {
             let cast: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(dtype).unwrap()).collect();
             let (tol, floor) = tolerance(dtype);
-            let out = side_update(&features(dtype), &cast[0], &case.mixes(&cast[1..]), EPS).unwrap();
-            let err = max_rel_err(&out, &reference_out, floor);
+            let sink = sink();
+            let run = |t: &[Tensor]| side_update(&features(dtype), &t[0], &case.mixes(&t[1..]), EPS, &sink);
+            let err = max_rel_err(&run(&cast).unwrap(), &reference_out, floor);
             assert!(err < tol, "{case:?} {dtype:?}: output {err:e}");
-            let grads =
-                grads_of(&cast, &probe, |t| side_update(&features(dtype), &t[0], &case.mixes(&t[1..]), EPS));
+            let grads = grads_via(&cast, &probe, run, |l| sink.backward(l));
             // Gradients are sums over rows: compared as vectors (an element that cancels to near
             // zero says little), within the dtype's tolerance and at most three times as far off as the
             // composition in the same dtype, which rounds as often.
@@ -203,9 +208,13 @@ fn side_update_matches_the_composition_in_values_and_gradients_in_every_dtype() 
 fn side_update_gradients_match_finite_differences() {
     let probe = normal(&SHAPE, 1.0, 11);
     for case in [CASES[1], CASES[2], CASES[4]] {
-        check_finite_differences(&case.inputs(), &probe, |t| {
-            side_update(&features(DType::F64), &t[0], &case.mixes(&t[1..]), EPS)
-        });
+        let sink = sink();
+        check_finite_differences_via(
+            &case.inputs(),
+            &probe,
+            |t| side_update(&features(DType::F64), &t[0], &case.mixes(&t[1..]), EPS, &sink),
+            |l| sink.backward(l),
+        );
     }
 }
 
@@ -217,15 +226,16 @@ fn side_update_gives_no_gradient_to_the_features_and_none_to_an_untracked_stream
     let params: Vec<Var> = inputs[1..].iter().map(|t| Var::from_tensor(t).unwrap()).collect();
     let ts: Vec<Tensor> = params.iter().map(|v| v.as_tensor().clone()).collect();
     // The first block's stream is the backbone's last block output: detached, like b.
-    let out = side_update(b.as_tensor(), &inputs[0], &case.mixes(&ts), EPS).unwrap();
-    let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let sink = sink();
+    let out = side_update(b.as_tensor(), &inputs[0], &case.mixes(&ts), EPS, &sink).unwrap();
+    let grads = sink.backward(&out.sqr().unwrap().sum_all().unwrap()).unwrap();
     assert!(grads.get(b.as_tensor()).is_none(), "a gradient reached the features");
     assert!(grads.get(&inputs[0]).is_none());
     // The parameters' gradients are those of a run where the stream needs one too (the skipped
     // work for the stream changes nothing else).
     let y = Var::from_tensor(&inputs[0]).unwrap();
-    let out = side_update(b.as_tensor(), y.as_tensor(), &case.mixes(&ts), EPS).unwrap();
-    let tracked = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let out = side_update(b.as_tensor(), y.as_tensor(), &case.mixes(&ts), EPS, &sink).unwrap();
+    let tracked = sink.backward(&out.sqr().unwrap().sum_all().unwrap()).unwrap();
     assert!(tracked.get(y.as_tensor()).is_some());
     for v in &params {
         let (g, t) =
@@ -251,15 +261,18 @@ fn side_update_with_f32_parameters_computes_in_the_stream_dtype() {
             let mut mixed: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(DType::F32).unwrap()).collect();
             mixed[0] = inputs[0].to_dtype(dtype).unwrap();
             let half: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(dtype).unwrap()).collect();
-            let run = |t: &[Tensor]| side_update(&features(dtype), &t[0], &case.mixes(&t[1..]), EPS);
+            let sink = sink();
+            let run = |t: &[Tensor]| side_update(&features(dtype), &t[0], &case.mixes(&t[1..]), EPS, &sink);
             let (out_mixed, out_half) = (run(&mixed).unwrap(), run(&half).unwrap());
             assert_eq!(out_mixed.dtype(), dtype);
             assert_eq!(values(&out_mixed), values(&out_half), "{case:?} {dtype:?}: outputs differ");
-            let (g_mixed, g_half) = (grads_of(&mixed, &probe, run), grads_of(&half, &probe, run));
+            let backward = |l: &Tensor| sink.backward(l);
+            let (g_mixed, g_half) =
+                (grads_via(&mixed, &probe, run, backward), grads_via(&half, &probe, run, backward));
             let (tol, _) = tolerance(dtype);
             let vars: Vec<Var> = mixed.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
             let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-            let store = run(&ts).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let store = sink.backward(&run(&ts).unwrap().sqr().unwrap().sum_all().unwrap()).unwrap();
             for v in &vars {
                 assert_eq!(
                     store.get(v.as_tensor()).unwrap().dtype(),
@@ -282,6 +295,36 @@ fn side_update_with_f32_parameters_computes_in_the_stream_dtype() {
 fn side_update_refuses_features_and_stream_of_different_dtypes() {
     let case = CASES[0];
     let inputs = case.inputs();
-    let err = side_update(&features(DType::F32), &inputs[0], &case.mixes(&inputs[1..]), EPS).unwrap_err();
+    let err =
+        side_update(&features(DType::F32), &inputs[0], &case.mixes(&inputs[1..]), EPS, &sink()).unwrap_err();
     assert!(err.to_string().contains("must be of one dtype"), "{err}");
+}
+
+/// The sink adds its gradients to those the graph gives a parameter read elsewhere too; plain
+/// `backward()` gives the parameters none (the sink keeps them), and a later `GradSink::backward`
+/// drops those instead of adding them twice.
+#[test]
+fn the_sink_adds_to_graph_gradients_and_drops_undelivered_ones() {
+    let case = CASES[0];
+    let inputs = case.inputs();
+    let params: Vec<Var> = inputs[1..].iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<Tensor> = params.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = Var::from_tensor(&inputs[0]).unwrap();
+    let sink = sink();
+    let side = || {
+        let out = side_update(&features(DType::F64), y.as_tensor(), &case.mixes(&ts), EPS, &sink).unwrap();
+        out.sqr().unwrap().sum_all().unwrap()
+    };
+    let alone = sink.backward(&side()).unwrap();
+    // The first parameter (the first norm's scale) also enters the loss directly, times 2.
+    let loss = (side() + (ts[0].sum_all().unwrap() * 2.0).unwrap()).unwrap();
+    let plain = loss.backward().unwrap();
+    assert!(plain.get(&ts[1]).is_none(), "a parameter's gradient went through the graph");
+    let both = sink.backward(&loss).unwrap();
+    let expected = (alone.get(&ts[0]).unwrap() + 2.0).unwrap();
+    assert!(max_rel_err(both.get(&ts[0]).unwrap(), &expected, 1e-12) < 1e-14);
+    for t in &ts[1..] {
+        assert_eq!(values(both.get(t).unwrap()), values(alone.get(t).unwrap()), "added twice");
+    }
+    assert_eq!(values(both.get(y.as_tensor()).unwrap()), values(alone.get(y.as_tensor()).unwrap()));
 }

@@ -1,6 +1,7 @@
 //! Each fused op against its unfused composition on random inputs (values and gradients, every
 //! dtype), and its gradients against finite differences in f64.
 
+use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Result, Tensor, Var};
 
 use super::{bias_gelu, layer_norm};
@@ -59,10 +60,20 @@ pub(super) fn grads_of(
     probe: &Tensor,
     f: impl Fn(&[Tensor]) -> Result<Tensor>,
 ) -> Vec<Tensor> {
+    grads_via(inputs, probe, f, Tensor::backward)
+}
+
+/// [`grads_of`] with the gradient store that `backward` makes of the loss.
+pub(super) fn grads_via(
+    inputs: &[Tensor],
+    probe: &Tensor,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    backward: impl Fn(&Tensor) -> Result<GradStore>,
+) -> Vec<Tensor> {
     let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let probe = probe.to_dtype(ts[0].dtype()).unwrap();
-    let grads = (f(&ts).unwrap() * probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = backward(&(f(&ts).unwrap() * probe).unwrap().sum_all().unwrap()).unwrap();
     vars.iter().map(|v| grads.get(v.as_tensor()).expect("a gradient").to_dtype(DType::F64).unwrap()).collect()
 }
 
@@ -145,7 +156,17 @@ pub(super) fn check_finite_differences(
     probe: &Tensor,
     f: impl Fn(&[Tensor]) -> Result<Tensor>,
 ) {
-    let analytic = grads_of(inputs, probe, &f);
+    check_finite_differences_via(inputs, probe, f, Tensor::backward)
+}
+
+/// [`check_finite_differences`] with the analytic gradients from the store `backward` makes.
+pub(super) fn check_finite_differences_via(
+    inputs: &[Tensor],
+    probe: &Tensor,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    backward: impl Fn(&Tensor) -> Result<GradStore>,
+) {
+    let analytic = grads_via(inputs, probe, &f, backward);
     let loss =
         |ts: &[Tensor]| (f(ts).unwrap() * probe).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
     for (k, input) in inputs.iter().enumerate() {
