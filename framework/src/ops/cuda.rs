@@ -11,12 +11,17 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Result, Shape, WithDType, bail, builder_arg};
 
+use super::fast_div::FastDiv;
+
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/losa_ops.ptx"));
 const MODULE: &str = "losa_ops";
 /// Threads per block (a multiple of 32, as `block_sum` needs).
 const BLOCK: usize = 256;
 /// At most this many blocks reduce the LayerNorm scale and shift gradients (one chunk of rows each).
 const PARAM_CHUNKS: usize = 256;
+
+// SAFETY: FastDiv is `#[repr(C)]`, three u32 (kernels.cu's `struct FastDiv`), valid for any bits.
+unsafe impl DeviceRepr for FastDiv {}
 
 /// An input: storage and layout.
 type In<'a> = (&'a CudaStorage, &'a Layout);
@@ -204,9 +209,12 @@ fn bg_fwd<T: Kern>(x: In, b: In, channels: usize, inner: usize) -> Result<(CudaS
         args.arg(&xv);
         args.arg(&bv);
         args.arg(&y);
-        builder_arg!(args, n as u64, channels as i32, inner as i32);
+        let (channels, inner) = (FastDiv::new(channels)?, FastDiv::new(inner)?);
+        builder_arg!(args, n as u64);
+        args.arg(&channels);
+        args.arg(&inner);
         // SAFETY: the arguments match `bias_gelu_fwd_<dtype>(const T*, const T*, T*, uint64_t,
-        // int, int)`; x and y hold n elements, bias `channels`.
+        // FastDiv, FastDiv)`; x and y hold n elements, bias `channels`.
         unsafe { args.launch(flat_config(n)) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
@@ -237,9 +245,12 @@ fn bg_bwd<T: Kern>(x: In, b: In, g: In, channels: usize, inner: usize) -> Result
         args.arg(&bv);
         args.arg(&gv);
         args.arg(&dx);
-        builder_arg!(args, n as u64, channels as i32, inner as i32);
+        let (channels, inner) = (FastDiv::new(channels)?, FastDiv::new(inner)?);
+        builder_arg!(args, n as u64);
+        args.arg(&channels);
+        args.arg(&inner);
         // SAFETY: the arguments match `bias_gelu_bwd_<dtype>(const T*, const T*, const T*, T*,
-        // uint64_t, int, int)`; x, g and dx hold n elements, bias `channels`.
+        // uint64_t, FastDiv, FastDiv)`; x, g and dx hold n elements, bias `channels`.
         unsafe { args.launch(flat_config(n)) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))
@@ -267,10 +278,13 @@ fn res_fwd<T: Kern>(a: In, m: In, minus: Option<In>, bias: Option<In>, d: usize)
         args.arg(minus_v.as_ref().unwrap_or(&av));
         args.arg(bias_v.as_ref().unwrap_or(&av));
         args.arg(&out);
-        builder_arg!(args, n as u64, d as i32, minus.is_some() as i32, bias.is_some() as i32);
+        let d = FastDiv::new(d)?;
+        builder_arg!(args, n as u64);
+        args.arg(&d);
+        builder_arg!(args, minus.is_some() as i32, bias.is_some() as i32);
         // SAFETY: the arguments match `residual_fwd_<dtype>(const T*, const T*, const T*, const T*,
-        // T*, uint64_t, int, int, int)`; a, m, minus (when flagged) and out hold n elements, bias
-        // (when flagged) d.
+        // T*, uint64_t, FastDiv, int, int)`; a, m, minus (when flagged) and out hold n elements,
+        // bias (when flagged) d.
         unsafe { args.launch(flat_config(n)) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
@@ -362,12 +376,19 @@ fn heads<T: Kern>(src: In, bias: Option<In>, dims: [usize; 5], split: bool) -> R
         args.arg(&sv);
         args.arg(bv.as_ref().unwrap_or(&sv));
         args.arg(&dst);
-        let [batch, tokens, parts, heads, hd] = dims.map(|d| d as i32);
-        let flags = (split as i32, bias.is_some() as i32);
-        builder_arg!(args, n as u64, batch, tokens, parts, heads, hd, flags.0, flags.1);
-        // SAFETY: the arguments match `split_heads_<dtype>(const T*, const T*, T*, uint64_t, int, int,
-        // int, int, int, int, int)`; src and dst hold n = batch · tokens · parts · heads · hd
-        // elements, bias (read only when flagged) parts · heads · hd.
+        let [batch, tokens, parts, heads, hd] = dims;
+        let [batch, tokens, heads, hd] = [batch, tokens, heads, hd].map(FastDiv::new);
+        let (batch, tokens, heads, hd) = (batch?, tokens?, heads?, hd?);
+        builder_arg!(args, n as u64);
+        args.arg(&batch);
+        args.arg(&tokens);
+        builder_arg!(args, parts as i32);
+        args.arg(&heads);
+        args.arg(&hd);
+        builder_arg!(args, split as i32, bias.is_some() as i32);
+        // SAFETY: the arguments match `split_heads_<dtype>(const T*, const T*, T*, uint64_t, FastDiv,
+        // FastDiv, int, FastDiv, FastDiv, int, int)`; src and dst hold n = batch · tokens · parts ·
+        // heads · hd elements, bias (read only when flagged) parts · heads · hd.
         unsafe { args.launch(flat_config(n)) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))

@@ -26,6 +26,29 @@ __device__ __forceinline__ double exp_(double v) { return exp(v); }
 __device__ __forceinline__ float sqrt_(float v) { return sqrtf(v); }
 __device__ __forceinline__ double sqrt_(double v) { return sqrt(v); }
 
+// A divisor fixed for the launch with its magic number and shift (ops/fast_div.rs computes them
+// and explains why): n / d = (umulhi(n, m) + n) >> s for every n < 2^31, in three instructions
+// where a division is a subroutine of twenty. Larger indices take the plain division.
+struct FastDiv {
+  uint32_t d, m, s;
+};
+#define FAST_DIV_LIMIT (1ull << 31)
+__device__ __forceinline__ uint32_t fdiv(uint32_t n, FastDiv f) { return (__umulhi(n, f.m) + n) >> f.s; }
+// q = n / d and n - q * d, for n < 2^31.
+__device__ __forceinline__ uint32_t fdivmod(uint32_t n, FastDiv f, uint32_t *rem) {
+  const uint32_t q = fdiv(n, f);
+  *rem = n - q * f.d;
+  return q;
+}
+
+// The bias column of element i of a [outer, channels, inner] tensor: (i / inner) % channels.
+__device__ __forceinline__ uint32_t channel_of(uint64_t i, FastDiv inner, FastDiv channels, bool fast) {
+  if (!fast) return (uint32_t)((i / inner.d) % channels.d);
+  uint32_t c;
+  fdivmod(fdiv((uint32_t)i, inner), channels, &c);
+  return c;
+}
+
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 // `buf` holds 32 values in shared memory; the leading barrier lets callers reuse it.
 template <typename A> __device__ A block_sum(A v, A *buf) {
@@ -131,23 +154,26 @@ __device__ void layer_norm_bwd_params(const T *x, const T *g, typename Acc<T>::t
 
 // x viewed as [outer, channels, inner]; bias [channels]. y = gelu_erf(x + bias).
 template <typename T>
-__device__ void bias_gelu_fwd(const T *x, const T *bias, T *y, uint64_t n, int channels, int inner) {
+__device__ void bias_gelu_fwd(const T *x, const T *bias, T *y, uint64_t n, FastDiv channels,
+                              FastDiv inner) {
   typedef typename Acc<T>::type A;
+  const bool fast = n < FAST_DIV_LIMIT;
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)gridDim.x * blockDim.x) {
-    const A v = ld(x[i]) + ld(bias[(i / inner) % channels]);
+    const A v = ld(x[i]) + ld(bias[channel_of(i, inner, channels, fast)]);
     st(&y[i], A(0.5) * v * (A(1) + erf_(v * A(0.70710678118654752440))));
   }
 }
 
 // dx = g * gelu_erf'(x + bias), gelu_erf'(v) = (1 + erf(v/√2))/2 + v e^(-v²/2)/√(2π).
 template <typename T>
-__device__ void bias_gelu_bwd(const T *x, const T *bias, const T *g, T *dx, uint64_t n, int channels,
-                              int inner) {
+__device__ void bias_gelu_bwd(const T *x, const T *bias, const T *g, T *dx, uint64_t n, FastDiv channels,
+                              FastDiv inner) {
   typedef typename Acc<T>::type A;
+  const bool fast = n < FAST_DIV_LIMIT;
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)gridDim.x * blockDim.x) {
-    const A v = ld(x[i]) + ld(bias[(i / inner) % channels]);
+    const A v = ld(x[i]) + ld(bias[channel_of(i, inner, channels, fast)]);
     const A dg = A(0.5) * (A(1) + erf_(v * A(0.70710678118654752440))) +
                  v * exp_(A(-0.5) * v * v) * A(0.39894228040143267794);
     st(&dx[i], ld(g[i]) * dg);
@@ -158,13 +184,15 @@ __device__ void bias_gelu_bwd(const T *x, const T *bias, const T *g, T *dx, uint
 // caller passes `a` in their place otherwise).
 template <typename T>
 __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bias, T *out, uint64_t n,
-                             int d, int has_minus, int has_bias) {
+                             FastDiv d, int has_minus, int has_bias) {
   typedef typename Acc<T>::type A;
+  const FastDiv one = {1, 1, 0};
+  const bool fast = n < FAST_DIV_LIMIT;
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)gridDim.x * blockDim.x) {
     A v = ld(a[i]) + ld(m[i]);
     if (has_minus) v -= ld(minus[i]);
-    if (has_bias) v += ld(bias[i % d]);
+    if (has_bias) v += ld(bias[channel_of(i, one, d, fast)]);
     st(&out[i], v);
   }
 }
@@ -271,21 +299,30 @@ __device__ void softmax_bwd(const T *y, const T *g, T *dx, int rows, int d, doub
 // split: y = x (+ bias [parts * heads * hd] when has_bias); merge (split = 0, bias unused): the
 // inverse permutation.
 template <typename T>
-__device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int batch, int tokens, int parts,
-                            int heads, int hd, int split, int has_bias) {
+__device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, FastDiv batch, FastDiv tokens,
+                            int parts, FastDiv heads, FastDiv hd, int split, int has_bias) {
   typedef typename Acc<T>::type A;
+  const bool fast = n < FAST_DIV_LIMIT;
   for (uint64_t o = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; o < n;
        o += (uint64_t)gridDim.x * blockDim.x) {
-    uint64_t r = o / hd;
-    const int e = o % hd;
-    const int t = r % tokens;
-    r /= tokens;
-    const int h = r % heads;
-    r /= heads;
-    const int b = r % batch;
-    const int s = r / batch;
-    const uint64_t col = ((uint64_t)s * heads + h) * hd + e;
-    const uint64_t i = ((uint64_t)b * tokens + t) * parts * heads * hd + col;
+    uint32_t e, t, h, b, s;
+    if (fast) {
+      uint32_t r = fdivmod((uint32_t)o, hd, &e);
+      r = fdivmod(r, tokens, &t);
+      r = fdivmod(r, heads, &h);
+      s = fdivmod(r, batch, &b);
+    } else {
+      uint64_t r = o / hd.d;
+      e = o % hd.d;
+      t = r % tokens.d;
+      r /= tokens.d;
+      h = r % heads.d;
+      r /= heads.d;
+      b = r % batch.d;
+      s = r / batch.d;
+    }
+    const uint64_t col = ((uint64_t)s * heads.d + h) * hd.d + e;
+    const uint64_t i = ((uint64_t)b * tokens.d + t) * parts * heads.d * hd.d + col;
     if (!split)
       dst[i] = src[o];
     else if (has_bias)
@@ -310,15 +347,15 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int
     layer_norm_bwd_params<T>(x, g, partial, rows, per, d, eps);                                    \
   }                                                                                                \
   extern "C" __global__ void bias_gelu_fwd_##S(const T *x, const T *bias, T *y, uint64_t n,         \
-                                               int channels, int inner) {                          \
+                                               FastDiv channels, FastDiv inner) {                  \
     bias_gelu_fwd<T>(x, bias, y, n, channels, inner);                                              \
   }                                                                                                \
   extern "C" __global__ void bias_gelu_bwd_##S(const T *x, const T *bias, const T *g, T *dx,        \
-                                               uint64_t n, int channels, int inner) {              \
+                                               uint64_t n, FastDiv channels, FastDiv inner) {      \
     bias_gelu_bwd<T>(x, bias, g, dx, n, channels, inner);                                          \
   }                                                                                                \
   extern "C" __global__ void residual_fwd_##S(const T *a, const T *m, const T *minus,              \
-                                              const T *bias, T *out, uint64_t n, int d,            \
+                                              const T *bias, T *out, uint64_t n, FastDiv d,        \
                                               int has_minus, int has_bias) {                       \
     residual_fwd<T>(a, m, minus, bias, out, n, d, has_minus, has_bias);                            \
   }                                                                                                \
@@ -342,7 +379,8 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, int
     softmax_bwd<T>(y, g, dx, rows, d, scale);                                                      \
   }                                                                                                \
   extern "C" __global__ void split_heads_##S(const T *src, const T *bias, T *dst, uint64_t n,      \
-                                             int batch, int tokens, int parts, int heads, int hd,  \
+                                             FastDiv batch, FastDiv tokens, int parts,             \
+                                             FastDiv heads, FastDiv hd,                            \
                                              int split, int has_bias) {                            \
     split_heads<T>(src, bias, dst, n, batch, tokens, parts, heads, hd, split, has_bias);           \
   }

@@ -27,6 +27,8 @@ mod column_sums;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(any(feature = "cuda", test))]
+mod fast_div;
 mod grad_sink;
 mod heads;
 mod layer_norm;
