@@ -17,8 +17,13 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/losa_ops.ptx"));
 const MODULE: &str = "losa_ops";
 /// Threads per block (a multiple of 32, as `block_sum` needs).
 const BLOCK: usize = 256;
-/// At most this many blocks reduce the LayerNorm scale and shift gradients (one chunk of rows each).
-const PARAM_CHUNKS: usize = 256;
+/// Rows per block of the LayerNorm scale and shift gradients (at least): each block reduces its
+/// rows one after another, so few rows per block keep enough blocks in flight to hide the
+/// reductions' latency (256 blocks of 50 rows at ViT-B/16's batch of 64, as before, would leave an
+/// H200's 132 SMs mostly waiting; counted, not yet measured).
+const PARAM_ROWS: usize = 16;
+/// At most this many such blocks: their partial sums, `[blocks, 2, d]` in f32, are summed after.
+const PARAM_CHUNKS: usize = 4096;
 
 // SAFETY: FastDiv is `#[repr(C)]`, three u32 (kernels.cu's `struct FastDiv`), valid for any bits.
 unsafe impl DeviceRepr for FastDiv {}
@@ -83,13 +88,6 @@ fn kernel<T: Kern>(name: &str) -> String {
     format!("{name}_{}", T::DTYPE.as_str())
 }
 
-/// One block per row of `d` elements.
-fn rows_config(rows: usize, d: usize) -> Result<LaunchConfig> {
-    let block = (d.div_ceil(32) * 32).clamp(32, BLOCK) as u32;
-    let Ok(rows) = u32::try_from(rows) else { bail!("losa ops: {rows} rows is too many for one launch") };
-    Ok(LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 })
-}
-
 /// Grid-stride loop over `n` elements.
 fn flat_config(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK).clamp(1, 1 << 20) as u32;
@@ -105,8 +103,8 @@ fn ln_fwd<T: Kern>(x: In, w: In, b: In, eps: f64) -> Result<(CudaStorage, Shape)
     let (shape, d) = (x.1.shape().clone(), w.1.shape().elem_count());
     let (xv, wv, bv) = (view::<T>(x)?, view::<T>(w)?, view::<T>(b)?);
     let el = shape.elem_count();
-    // SAFETY: uninitialised until the kernel below writes it; it writes every element (block r
-    // writes all d elements of row r, and all el / d rows are launched).
+    // SAFETY: uninitialised until the kernel below writes it; it writes every element (warp r
+    // writes all d elements of row r, and all el / d rows get a warp).
     let y = unsafe { dev.alloc::<T>(el)? };
     poison(dev, &y)?;
     if el > 0 {
@@ -116,10 +114,12 @@ fn ln_fwd<T: Kern>(x: In, w: In, b: In, eps: f64) -> Result<(CudaStorage, Shape)
         args.arg(&wv);
         args.arg(&bv);
         args.arg(&y);
-        builder_arg!(args, d as i32, eps);
+        let rows = el / d;
+        let config = warp_rows_config(rows)?;
+        builder_arg!(args, rows as i32, d as i32, eps);
         // SAFETY: the arguments match `layer_norm_fwd_<dtype>(const T*, const T*, const T*, T*,
-        // int, double)` in kernels.cu; x and y hold el elements, w and b d.
-        unsafe { args.launch(rows_config(el / d, d)?) }.w()?;
+        // int, int, double)` in kernels.cu; x and y hold rows·d elements, w and b d.
+        unsafe { args.launch(config) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
 }
@@ -143,10 +143,12 @@ fn ln_bwd_x<T: Kern>(x: In, w: In, g: In, eps: f64) -> Result<(CudaStorage, Shap
         args.arg(&wv);
         args.arg(&gv);
         args.arg(&dx);
-        builder_arg!(args, d as i32, eps);
+        let rows = el / d;
+        let config = warp_rows_config(rows)?;
+        builder_arg!(args, rows as i32, d as i32, eps);
         // SAFETY: the arguments match `layer_norm_bwd_x_<dtype>(const T*, const T*, const T*, T*,
-        // int, double)`; x, g and dx hold el elements, w d.
-        unsafe { args.launch(rows_config(el / d, d)?) }.w()?;
+        // int, int, double)`; x, g and dx hold rows·d elements, w d.
+        unsafe { args.launch(config) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))
 }
@@ -163,7 +165,7 @@ fn ln_bwd_params<T: Kern>(x: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)
         bail!("layer_norm backward: empty input");
     }
     let rows = el / d;
-    let per = rows.div_ceil(rows.min(PARAM_CHUNKS));
+    let per = rows.div_ceil(PARAM_CHUNKS).max(PARAM_ROWS);
     let chunks = rows.div_ceil(per);
     let shared = 2 * d * std::mem::size_of::<T::A>();
     if shared > 48 * 1024 {

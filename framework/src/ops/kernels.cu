@@ -49,24 +49,37 @@ __device__ __forceinline__ uint32_t channel_of(uint64_t i, FastDiv inner, FastDi
   return c;
 }
 
+__device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
+
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename A> __device__ __forceinline__ A warp_max(A v) {
+  for (int o = 16; o > 0; o >>= 1) v = max_(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 // `buf` holds 32 values in shared memory; the leading barrier lets callers reuse it.
 template <typename A> __device__ A block_sum(A v, A *buf) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  v = warp_sum(v);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   __syncthreads();
   if (lane == 0) buf[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < warps ? buf[lane] : A(0);
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    v = warp_sum(lane < warps ? buf[lane] : A(0));
     if (lane == 0) buf[0] = v;
   }
   __syncthreads();
   return buf[0];
 }
 
-// Mean and 1/std of one row of length d (two passes: the centred variance, as the composition).
+// Mean and 1/std of one row of length d by the whole block (two passes: the centred variance, as
+// the composition); every thread gets them.
 template <typename T, typename A>
 __device__ void row_stats(const T *x, int d, double eps, A *buf, A *mean, A *rstd) {
   A s = 0;
@@ -82,40 +95,57 @@ __device__ void row_stats(const T *x, int d, double eps, A *buf, A *mean, A *rst
   *rstd = A(1) / sqrt_(var + A(eps));
 }
 
-// One block per row: y = (x - mean) / std * w + b.
-template <typename T>
-__device__ void layer_norm_fwd(const T *x, const T *w, const T *b, T *y, int d, double eps) {
-  typedef typename Acc<T>::type A;
-  __shared__ A buf[32];
-  const size_t row = blockIdx.x;
-  x += row * d;
-  y += row * d;
-  A mean, rstd;
-  row_stats(x, d, eps, buf, &mean, &rstd);
-  for (int j = threadIdx.x; j < d; j += blockDim.x)
-    st(&y[j], (ld(x[j]) - mean) * rstd * ld(w[j]) + ld(b[j]));
+// Mean and 1/std of one row of length d, by the 32 lanes of a warp (lane `lane` reading elements
+// lane, lane + 32, ...), as `row_stats`; every lane gets them.
+template <typename T, typename A>
+__device__ void warp_row_stats(const T *x, int d, double eps, int lane, A *mean, A *rstd) {
+  A s = 0;
+  for (int j = lane; j < d; j += 32) s += ld(x[j]);
+  const A m = warp_sum(s) / A(d);
+  A s2 = 0;
+  for (int j = lane; j < d; j += 32) {
+    const A c = ld(x[j]) - m;
+    s2 += c * c;
+  }
+  *mean = m;
+  *rstd = A(1) / sqrt_(warp_sum(s2) / A(d) + A(eps));
 }
 
-// One block per row: dx = rstd * (g w - mean(g w) - xhat * mean(g w xhat)).
+// One warp per row (no block barriers: a row of a ViT's width is a few dozen elements per lane,
+// and a block per row spent most of its time waiting at the reductions' barriers):
+// y = (x - mean) / std * w + b. A warp past the last row returns as a whole.
 template <typename T>
-__device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, T *dx, int d, double eps) {
+__device__ void layer_norm_fwd(const T *x, const T *w, const T *b, T *y, int rows, int d, double eps) {
   typedef typename Acc<T>::type A;
-  __shared__ A buf[32];
-  const size_t row = blockIdx.x;
-  x += row * d;
-  g += row * d;
-  dx += row * d;
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  x += (size_t)row * d;
+  y += (size_t)row * d;
   A mean, rstd;
-  row_stats(x, d, eps, buf, &mean, &rstd);
+  warp_row_stats(x, d, eps, lane, &mean, &rstd);
+  for (int j = lane; j < d; j += 32) st(&y[j], (ld(x[j]) - mean) * rstd * ld(w[j]) + ld(b[j]));
+}
+
+// One warp per row: dx = rstd * (g w - mean(g w) - xhat * mean(g w xhat)).
+template <typename T>
+__device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, T *dx, int rows, int d, double eps) {
+  typedef typename Acc<T>::type A;
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  x += (size_t)row * d;
+  g += (size_t)row * d;
+  dx += (size_t)row * d;
+  A mean, rstd;
+  warp_row_stats(x, d, eps, lane, &mean, &rstd);
   A s1 = 0, s2 = 0;
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+  for (int j = lane; j < d; j += 32) {
     const A gw = ld(g[j]) * ld(w[j]);
     s1 += gw;
     s2 += gw * (ld(x[j]) - mean) * rstd;
   }
-  const A m1 = block_sum(s1, buf) / A(d);
-  const A m2 = block_sum(s2, buf) / A(d);
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+  const A m1 = warp_sum(s1) / A(d);
+  const A m2 = warp_sum(s2) / A(d);
+  for (int j = lane; j < d; j += 32) {
     const A xhat = (ld(x[j]) - mean) * rstd;
     st(&dx[j], rstd * (ld(g[j]) * ld(w[j]) - m1 - xhat * m2));
   }
@@ -247,19 +277,6 @@ __device__ void column_sums(const T *x, typename Acc<T>::type *partial, int rows
   }
 }
 
-__device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
-__device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
-
-template <typename A> __device__ __forceinline__ A warp_sum(A v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-template <typename A> __device__ __forceinline__ A warp_max(A v) {
-  for (int o = 16; o > 0; o >>= 1) v = max_(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 // One warp per row of d: y = softmax(scale * x). A warp whose row is past the end returns as a
 // whole, so the shuffles of the others stay full-warp.
 template <typename T>
@@ -333,13 +350,13 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
 }
 
 #define LOSA_OPS(T, S)                                                                              \
-  extern "C" __global__ void layer_norm_fwd_##S(const T *x, const T *w, const T *b, T *y, int d,     \
-                                                double eps) {                                      \
-    layer_norm_fwd<T>(x, w, b, y, d, eps);                                                         \
+  extern "C" __global__ void layer_norm_fwd_##S(const T *x, const T *w, const T *b, T *y, int rows,  \
+                                                int d, double eps) {                               \
+    layer_norm_fwd<T>(x, w, b, y, rows, d, eps);                                                   \
   }                                                                                                \
-  extern "C" __global__ void layer_norm_bwd_x_##S(const T *x, const T *w, const T *g, T *dx, int d,  \
-                                                  double eps) {                                    \
-    layer_norm_bwd_x<T>(x, w, g, dx, d, eps);                                                      \
+  extern "C" __global__ void layer_norm_bwd_x_##S(const T *x, const T *w, const T *g, T *dx,         \
+                                                  int rows, int d, double eps) {                   \
+    layer_norm_bwd_x<T>(x, w, g, dx, rows, d, eps);                                                \
   }                                                                                                \
   extern "C" __global__ void layer_norm_bwd_params_##S(const T *x, const T *g,                      \
                                                        Acc<T>::type *partial, int rows, int per,   \
