@@ -432,6 +432,8 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::Side(3), vec![3, 7, 10]),
         (Op::Softmax, vec![64, 12, 197, 197]),
         (Op::Softmax, vec![3, 2, 5, 37]),
+        // Rows past the register-cached length (ViT-B/16 at 384 px: 577 tokens).
+        (Op::Softmax, vec![2, 3, 4, 577]),
         (Op::SplitHeads(12), vec![64, 197, 2304]),
         (Op::SplitHeads(3), vec![2, 5, 36]),
         (Op::MergeHeads, vec![64, 12, 197, 64]),
