@@ -124,14 +124,23 @@ fn ln_fwd<T: Kern>(x: In, w: In, b: In, eps: f64) -> Result<(CudaStorage, Shape)
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
 }
 
-pub(crate) fn layer_norm_bwd_x(x: In, w: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)> {
-    by_dtype!(x.0.dtype(), ln_bwd_x(x, w, g, eps))
+/// The LayerNorm's input gradient, plus `add` (shaped like `x`) if given.
+pub(crate) fn layer_norm_bwd_x(
+    x: In,
+    w: In,
+    g: In,
+    add: Option<In>,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.0.dtype(), ln_bwd_x(x, w, g, add, eps))
 }
 
-fn ln_bwd_x<T: Kern>(x: In, w: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)> {
+fn ln_bwd_x<T: Kern>(x: In, w: In, g: In, add: Option<In>, eps: f64) -> Result<(CudaStorage, Shape)> {
     let dev = &x.0.device;
     let (shape, d) = (x.1.shape().clone(), w.1.shape().elem_count());
     let (xv, wv, gv) = (view::<T>(x)?, view::<T>(w)?, view::<T>(g)?);
+    // Absent when nothing is added (its flag is 0, never read): `g` in its place.
+    let av = add.map(view::<T>).transpose()?;
     let el = shape.elem_count();
     // SAFETY: written in full by the kernel below, as in `ln_fwd`.
     let dx = unsafe { dev.alloc::<T>(el)? };
@@ -142,12 +151,14 @@ fn ln_bwd_x<T: Kern>(x: In, w: In, g: In, eps: f64) -> Result<(CudaStorage, Shap
         args.arg(&xv);
         args.arg(&wv);
         args.arg(&gv);
+        args.arg(av.as_ref().unwrap_or(&gv));
         args.arg(&dx);
         let rows = el / d;
         let config = warp_rows_config(rows)?;
-        builder_arg!(args, rows as i32, d as i32, eps);
-        // SAFETY: the arguments match `layer_norm_bwd_x_<dtype>(const T*, const T*, const T*, T*,
-        // int, int, double)`; x, g and dx hold rows·d elements, w d.
+        builder_arg!(args, rows as i32, d as i32, eps, add.is_some() as i32);
+        // SAFETY: the arguments match `layer_norm_bwd_x_<dtype>(const T*, const T*, const T*,
+        // const T*, T*, int, int, double, int)`; x, g, add (read only when flagged) and dx hold
+        // rows·d elements, w d.
         unsafe { args.launch(config) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))

@@ -126,14 +126,16 @@ __device__ void layer_norm_fwd(const T *x, const T *w, const T *b, T *y, int row
   for (int j = lane; j < d; j += 32) st(&y[j], (ld(x[j]) - mean) * rstd * ld(w[j]) + ld(b[j]));
 }
 
-// One warp per row: dx = rstd * (g w - mean(g w) - xhat * mean(g w xhat)).
+// One warp per row: dx = rstd * (g w - mean(g w) - xhat * mean(g w xhat)) (+ add, when has_add).
 template <typename T>
-__device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, T *dx, int rows, int d, double eps) {
+__device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, const T *add, T *dx, int rows, int d,
+                                 double eps, int has_add) {
   typedef typename Acc<T>::type A;
   const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (row >= rows) return;
   x += (size_t)row * d;
   g += (size_t)row * d;
+  add += (size_t)row * d;
   dx += (size_t)row * d;
   A mean, rstd;
   warp_row_stats(x, d, eps, lane, &mean, &rstd);
@@ -147,7 +149,8 @@ __device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, T *dx, int 
   const A m2 = warp_sum(s2) / A(d);
   for (int j = lane; j < d; j += 32) {
     const A xhat = (ld(x[j]) - mean) * rstd;
-    st(&dx[j], rstd * (ld(g[j]) * ld(w[j]) - m1 - xhat * m2));
+    const A v = rstd * (ld(g[j]) * ld(w[j]) - m1 - xhat * m2);
+    st(&dx[j], has_add ? v + ld(add[j]) : v);
   }
 }
 
@@ -381,9 +384,10 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                                 int d, double eps) {                               \
     layer_norm_fwd<T>(x, w, b, y, rows, d, eps);                                                   \
   }                                                                                                \
-  extern "C" __global__ void layer_norm_bwd_x_##S(const T *x, const T *w, const T *g, T *dx,         \
-                                                  int rows, int d, double eps) {                   \
-    layer_norm_bwd_x<T>(x, w, g, dx, rows, d, eps);                                                \
+  extern "C" __global__ void layer_norm_bwd_x_##S(const T *x, const T *w, const T *g, const T *add, \
+                                                  T *dx, int rows, int d, double eps,              \
+                                                  int has_add) {                                   \
+    layer_norm_bwd_x<T>(x, w, g, add, dx, rows, d, eps, has_add);                                  \
   }                                                                                                \
   extern "C" __global__ void layer_norm_bwd_params_##S(const T *x, const T *g,                      \
                                                        Acc<T>::type *partial, int rows, int per,   \

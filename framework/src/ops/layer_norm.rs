@@ -105,7 +105,7 @@ impl CustomOp3 for Fwd {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = layer_norm_dx(x, weight, &grad, self.eps)?;
+        let dx = layer_norm_dx(x, weight, &grad, None, self.eps)?;
         if !weight.track_op() && !bias.track_op() {
             // A frozen norm (LoSA's head reads the backbone's final norm): skip the reduction.
             return Ok((Some(dx), None, None));
@@ -116,9 +116,28 @@ impl CustomOp3 for Fwd {
 }
 
 /// The input gradient of the norm at `x` (contiguous) for the output gradient `grad` (contiguous),
-/// with no graph: one pass per row.
-pub(crate) fn layer_norm_dx(x: &Tensor, weight: &Tensor, grad: &Tensor, eps: f64) -> Result<Tensor> {
-    x.apply_op3_no_bwd(weight, grad, &BwdX { eps })
+/// plus `add` (shaped like `x`) if given, with no graph: one pass per row. (LoSA's side block adds
+/// the stream's gradient so: one pass where a separate sum would be two more.)
+pub(crate) fn layer_norm_dx(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    add: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let add = match add {
+        Some(a) if a.dims() != x.dims() || a.dtype() != x.dtype() => {
+            bail!(
+                "layer_norm backward: the added {:?} {:?} does not match {:?}",
+                a.dtype(),
+                a.dims(),
+                x.dims()
+            )
+        }
+        Some(a) => Some(a.contiguous()?),
+        None => None,
+    };
+    x.apply_op3_no_bwd(weight, grad, &BwdX { eps, add })
 }
 
 /// The scale and shift gradients `(Σ g·x̂, Σ g)` over the rows, in the accumulation dtype (f32, or
@@ -128,38 +147,45 @@ pub(crate) fn layer_norm_dparams(x: &Tensor, grad: &Tensor, eps: f64) -> Result<
     Ok((sums.get(0)?, sums.get(1)?))
 }
 
-/// `dx` from `(x, weight, grad)`.
+/// `dx` (plus `add`) from `(x, weight, grad)`. `add` is contiguous and read through its storage
+/// (an op has at most three inputs).
 struct BwdX {
     eps: f64,
+    add: Option<Tensor>,
 }
 
 fn bwd_x_cpu<T: Elem>(
     eps: f64,
+    add: Option<(&CpuStorage, &Layout)>,
     (x, lx): (&[T], &Layout),
     (w, lw): (&[T], &Layout),
     (g, lg): (&[T], &Layout),
 ) -> Result<(CpuStorage, Shape)> {
     let name = "layer_norm backward";
     let (x, w, g) = (slice(x, lx, name)?, slice(w, lw, name)?, slice(g, lg, name)?);
+    let add = add.map(|(s, l)| slice(s.as_slice::<T>()?, l, name)).transpose()?;
     let d = w.len();
     let n = T::A::of(d as f64);
     let mut dx = vec![T::store(T::A::ZERO); x.len()];
-    dx.par_chunks_mut(d).zip(x.par_chunks(d).zip(g.par_chunks(d))).with_min_len(8).for_each(
-        |(dx, (x, g))| {
-            let (mean, rstd) = stats(x, eps);
-            let (mut s1, mut s2) = (T::A::ZERO, T::A::ZERO);
-            for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
-                let gw = g.load() * w.load();
-                s1 += gw;
-                s2 += gw * (x.load() - mean) * rstd;
-            }
-            let (m1, m2) = (s1 / n, s2 / n);
-            for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
-                let xhat = (x.load() - mean) * rstd;
-                *dx = T::store(rstd * (g.load() * w.load() - m1 - xhat * m2));
-            }
-        },
-    );
+    let rows = dx.par_chunks_mut(d).zip(x.par_chunks(d).zip(g.par_chunks(d))).enumerate();
+    rows.with_min_len(8).for_each(|(r, (dx, (x, g)))| {
+        let (mean, rstd) = stats(x, eps);
+        let (mut s1, mut s2) = (T::A::ZERO, T::A::ZERO);
+        for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
+            let gw = g.load() * w.load();
+            s1 += gw;
+            s2 += gw * (x.load() - mean) * rstd;
+        }
+        let (m1, m2) = (s1 / n, s2 / n);
+        let grad = |x: T, g: T, w: T| rstd * (g.load() * w.load() - m1 - (x.load() - mean) * rstd * m2);
+        let terms = dx.iter_mut().zip(x).zip(g).zip(w);
+        match add {
+            Some(add) => terms.zip(&add[r * d..(r + 1) * d]).for_each(|((((dx, &x), &g), &w), a)| {
+                *dx = T::store(grad(x, g, w) + a.load());
+            }),
+            None => terms.for_each(|(((dx, &x), &g), &w)| *dx = T::store(grad(x, g, w))),
+        }
+    });
     Ok((T::to_cpu_storage_owned(dx), lx.shape().clone()))
 }
 
@@ -177,7 +203,15 @@ impl CustomOp3 for BwdX {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_dispatch!(self.name(), bwd_x_cpu(self.eps; s1: l1, s2: l2, s3: l3))
+        let add = self.add.as_ref().map(Tensor::storage_and_layout);
+        let add = match &add {
+            None => None,
+            Some((storage, layout)) => match &**storage {
+                candle_core::Storage::Cpu(s) => Some((s, *layout)),
+                _ => bail!("{}: inputs on different devices", self.name()),
+            },
+        };
+        cpu_dispatch!(self.name(), bwd_x_cpu(self.eps, add; s1: l1, s2: l2, s3: l3))
     }
 
     #[cfg(feature = "cuda")]
@@ -190,7 +224,15 @@ impl CustomOp3 for BwdX {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::layer_norm_bwd_x((s1, l1), (s2, l2), (s3, l3), self.eps)
+        let add = self.add.as_ref().map(Tensor::storage_and_layout);
+        let add = match &add {
+            None => None,
+            Some((storage, layout)) => match &**storage {
+                candle_core::Storage::Cuda(s) => Some((s, *layout)),
+                _ => bail!("{}: inputs on different devices", self.name()),
+            },
+        };
+        super::cuda::layer_norm_bwd_x((s1, l1), (s2, l2), (s3, l3), add, self.eps)
     }
 }
 

@@ -204,9 +204,10 @@ impl SideUpdate {
     }
 
     /// The gradients of mixer `k`'s parameters (in [`LowRankMix::params`] order, in the
-    /// accumulation dtype; when `params`) and of its input `h_k` through the mixer (when `input`),
-    /// for `dm`, the gradient of its output `Up(..) + bu`. What is not asked for is not computed:
-    /// the first block's stream is the backbone's detached output and needs no gradient.
+    /// accumulation dtype; when `params`) and of its input `h_k` (when `input`), for `dm`, the
+    /// gradient of its output `h_{k+1} = h_k + Up(..) + bu`: `dm` plus the gradient through the
+    /// mixer, summed in the norm's backward pass. What is not asked for is not computed: the first
+    /// block's stream is the backbone's detached output and needs no gradient.
     fn mixer_grads(
         &self,
         k: usize,
@@ -260,13 +261,13 @@ impl SideUpdate {
             grads.push(sum_along(dm, width, 1)?);
         }
         let (Some(dx), Some((w, _))) = (&dx, &mix.norm) else {
-            return Ok((grads, if input { dx } else { None }));
+            return Ok((grads, if input { dx.map(|dx| dm + dx).transpose()? } else { None }));
         };
         if params {
             let (dw, db) = layer_norm_dparams(h, dx, self.eps)?;
             grads.splice(0..0, [dw, db]);
         }
-        Ok((grads, input.then(|| layer_norm_dx(h, w, dx, self.eps)).transpose()?))
+        Ok((grads, input.then(|| layer_norm_dx(h, w, dx, Some(dm), self.eps)).transpose()?))
     }
 }
 
@@ -309,10 +310,10 @@ impl CustomOp2 for SideUpdate {
         let mut dh = grad.contiguous()?;
         let mut per_mixer = Vec::with_capacity(self.mixers.len());
         for k in (0..self.mixers.len()).rev() {
-            let (grads, through) = self.mixer_grads(k, &dh, params, k > 0 || y.track_op())?;
+            let (grads, input) = self.mixer_grads(k, &dh, params, k > 0 || y.track_op())?;
             per_mixer.push(grads);
-            if let Some(through) = through {
-                dh = (dh + through)?;
+            if let Some(input) = input {
+                dh = input;
             }
         }
         let grads = per_mixer.into_iter().rev().flatten();

@@ -344,3 +344,23 @@ fn sum_along_matches_f64_sums_of_the_same_values() {
         }
     }
 }
+
+/// The norm's input gradient with a tensor added in the same pass (LoSA's side block adds the
+/// stream's gradient so) is the gradient plus that tensor, rounded once, in every dtype; a tensor
+/// of another shape is refused.
+#[test]
+fn layer_norm_dx_adds_a_tensor_in_the_same_pass() {
+    let (x, w, _) = ln_inputs();
+    let (g, add) = (normal(x.dims(), 1.0, 21), normal(x.dims(), 1.0, 22));
+    let reference = (super::layer_norm::layer_norm_dx(&x, &w, &g, None, 1e-6).unwrap() + &add).unwrap();
+    for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
+        let out = super::layer_norm::layer_norm_dx(&c(&x), &c(&w), &c(&g), Some(&c(&add)), 1e-6).unwrap();
+        let (tol, floor) = tolerance(dtype);
+        let err = max_rel_err(&out, &reference, floor);
+        assert!(err <= tol, "{dtype:?}: relative error {err} > {tol}");
+    }
+    let wrong = normal(&[3, 5, 47], 1.0, 23);
+    let err = super::layer_norm::layer_norm_dx(&x, &w, &g, Some(&wrong), 1e-6).unwrap_err().to_string();
+    assert!(err.contains("does not match"), "{err}");
+}
