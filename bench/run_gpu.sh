@@ -6,7 +6,8 @@
 #   CARGO_TARGET_DIR=/work/target-cuda CUDA_COMPUTE_CAP=90 cargo build --release -p losa-bench \
 #     --features cuda --bin kernels --bin train_step --bin device_parity
 #   CARGO_TARGET_DIR=/work/target-cuda CUDA_COMPUTE_CAP=90 cargo build --release --features cuda --bin runner
-#   mkdir -p gpu-bin && cp /work/target-cuda/release/{kernels,train_step,device_parity,runner} gpu-bin/
+#   then the four binaries stripped and packed: gpu-bin/binaries.tar.xz (about 13 MiB; unpacked,
+#   about 120 MiB, over what the device tool carries)
 # (`touch framework/build.rs`: a CUDA target folder shared with another checkout can hold that
 # checkout's build-script output, and then the fused ops' PTX is not found; gpu-bin/ is ignored by
 # git, so name it in the device tool's `carry`), then on the GPU machine:
@@ -28,6 +29,15 @@ bin=${BIN_DIR:-gpu-bin}
 out=${OUT:-bench/out/gpu}
 py=${PYTHON:-python3}
 mkdir -p "$out"
+# The binaries come packed (bench/build_gpu.sh); unpack them next to the run's output, with
+# Python's tarfile where xz is missing.
+if [ -f "$bin/binaries.tar.xz" ]; then
+  unpacked=$(mktemp -d)
+  trap 'rm -rf "$unpacked"' EXIT
+  tar -C "$unpacked" -xJf "$bin/binaries.tar.xz" 2>/dev/null ||
+    "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$bin/binaries.tar.xz" "$unpacked"
+  bin=$unpacked
+fi
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 declare -a summary
@@ -56,6 +66,9 @@ for d in ("cpu", "cuda"):
         key = (r["labels"]["adapter"], r["labels"]["task"], r["labels"]["seed"])
         top1 = next((a["top1"] for a in r.get("accuracy", []) if a["split"] == "test"), None)
         acc.setdefault(key, {})[d] = (top1, r.get("environment", {}).get("device"))
+if not acc:
+    print("no records: the smoke runs did not finish")
+    sys.exit(1)
 print("| method | task | seed | cpu test % | cuda test % | difference (points) |")
 print("|---|---|---:|---:|---:|---:|")
 worst = 0.0
