@@ -179,7 +179,8 @@ fn ln_bwd_params<T: Kern>(x: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)
     let per = rows.div_ceil(PARAM_CHUNKS).max(PARAM_ROWS);
     let chunks = rows.div_ceil(per);
     let shared = 2 * d * std::mem::size_of::<T::A>();
-    if shared > 48 * 1024 {
+    // 48 KiB per block in all: the dynamic accumulators and the kernel's static `buf[32]`.
+    if shared + 32 * std::mem::size_of::<T::A>() > 48 * 1024 {
         bail!("layer_norm backward: width {d} needs more than 48 KiB of shared memory");
     }
     let (xv, gv) = (view::<T>(x)?, view::<T>(g)?);

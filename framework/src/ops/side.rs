@@ -122,8 +122,9 @@ impl LowRankMix {
 /// `b` (the frozen backbone's block output). `b` and `y` are `[batch, tokens, width]`, of one
 /// dtype, in which the block computes (matmuls, norms and activations, as an autocast region
 /// would); the parameters may be of another dtype (f32 master weights for a bf16 block) and are
-/// cast once per call. The backward puts the gradient of every parameter that needs one (a
-/// variable, or a tensor computed from one) into `sink`, in the parameter's own dtype (the
+/// cast once per call. Each parameter is a variable or a constant (a tensor computed from a
+/// variable is refused: its gradient would arrive after candle's backward and never reach the
+/// variable). The backward puts every variable's gradient into `sink`, in its own dtype (the
 /// weights' computed by matrix products in the block's dtype, the sums for norms and biases
 /// accumulated in f32): they reach a gradient store through [`GradSink::deliver`] or
 /// [`GradSink::backward`], not through candle's `backward` alone. All on one device.
@@ -148,6 +149,9 @@ pub fn side_update(
         bail!("side_update: features in {:?} and stream in {:?} must be of one dtype", b.dtype(), y.dtype());
     }
     let params: Vec<Tensor> = mixers.iter().flat_map(LowRankMix::params).cloned().collect();
+    if params.iter().any(|p| p.track_op() && !p.is_variable()) {
+        bail!("side_update: a parameter computed from a variable; pass the variable itself");
+    }
     let mixers: Vec<LowRankMix> = mixers.iter().map(|m| m.cast(y.dtype())).collect::<Result<_>>()?;
     let features = b.detach().contiguous()?;
     let mut h = residual(&features, &y.detach(), None, None)?;

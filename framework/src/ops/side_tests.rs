@@ -292,6 +292,17 @@ fn side_update_with_f32_parameters_computes_in_the_stream_dtype() {
 }
 
 #[test]
+fn side_update_refuses_a_parameter_computed_from_a_variable() {
+    let case = CASES[0];
+    let inputs = case.inputs();
+    let mut params: Vec<Tensor> = inputs[1..].to_vec();
+    // Its gradient would reach the sink after candle's backward, too late for the variable.
+    params[0] = (Var::from_tensor(&params[0]).unwrap().as_tensor() * 1.0).unwrap();
+    let err = side_update(&features(DType::F64), &inputs[0], &case.mixes(&params), EPS, &sink()).unwrap_err();
+    assert!(err.to_string().contains("pass the variable itself"), "{err}");
+}
+
+#[test]
 fn side_update_refuses_features_and_stream_of_different_dtypes() {
     let case = CASES[0];
     let inputs = case.inputs();
