@@ -44,7 +44,8 @@ declare -a summary
 check() {  # check NAME COMMAND...: runs it, keeps its output in $OUT/NAME.txt
   local name=$1; shift
   local start=$SECONDS
-  "$@" > "$out/$name.txt" 2>&1
+  # A hang must not take the call's whole lease: each step has its own limit (exit 124).
+  timeout "${STEP_TIMEOUT:-240}" "$@" > "$out/$name.txt" 2>&1
   local rc=$?
   summary+=("$name: exit $rc ($((SECONDS - start)) s)")
   return $rc

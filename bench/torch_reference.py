@@ -3,7 +3,8 @@
 
 Methods (as REFERENCE.md §5): backbone forward only, linear probe, full finetuning, LoRA r=8 on
 qkv (peft), VPT-deep with 10 prompts, LoSA r = r_t = 8 with the default mixer, LoSA from cached
-block outputs. One step = forward, cross-entropy, backward, AdamW. Median of --steps after
+block outputs, and LoSA through torch.compile (`losa_compiled`: the whole adapted model, default mode;
+compilation falls in the warm-up). One step = forward, cross-entropy, backward, AdamW. Median of --steps after
 --warmup. Memory: on CUDA the peak reserved (and allocated) memory of the step; on the CPU the
 process's peak resident set above the one before the method (reset through /proc/self/clear_refs),
 as the Rust benchmark measures it. bf16 autocast on CUDA, f32 on the CPU.
@@ -127,9 +128,10 @@ def build(name, vit):
         for p in model.vit.head.parameters():
             p.requires_grad_(True)
         return model, [model.prompts] + list(model.vit.head.parameters())
-    if name in ("losa", "losa_cached"):
+    if name in ("losa", "losa_cached", "losa_compiled"):
         model = Losa(vit)
-        return model, [p for n, p in model.named_parameters() if not n.startswith("vit.")]
+        params = [p for n, p in model.named_parameters() if not n.startswith("vit.")]
+        return (torch.compile(model) if name == "losa_compiled" else model), params
     raise SystemExit(f"unknown method {name}")
 
 
@@ -230,9 +232,12 @@ def main():
     for name in a.methods.split(","):
         try:
             rows.append(measure(name, a, d, depth, heads, patch, dev, cuda, images, labels, timed))
-        except torch.cuda.OutOfMemoryError as e:  # recorded as such; the other methods go on
+        except torch.cuda.OutOfMemoryError:  # recorded as such; the other methods go on
             print(f"{name:<14} out of memory")
             rows.append({"method": name, "error": "out of memory"})
+        except Exception as e:  # e.g. torch.compile failing on this machine: recorded, the others go on
+            print(f"{name:<14} failed: {type(e).__name__}: {e}")
+            rows.append({"method": name, "error": f"failed ({type(e).__name__})"})
         if cuda:
             torch.cuda.empty_cache()
     if a.json:
