@@ -14,6 +14,7 @@ import json
 import math
 import statistics
 import time
+import traceback
 
 import torch
 import torch.nn as nn
@@ -107,10 +108,12 @@ class Losa(nn.Module):
 
 
 def build(name, vit):
+    """The method's model (or forward function) and trainable parameters, on the backbone's device."""
+    dev = next(vit.parameters()).device
     for p in vit.parameters():
         p.requires_grad_(name == "full")
     if name == "linear_probe":
-        head = nn.Linear(vit.embed_dim, vit.num_classes)
+        head = nn.Linear(vit.embed_dim, vit.num_classes).to(dev)
 
         def fwd(x):
             with torch.no_grad():
@@ -124,12 +127,12 @@ def build(name, vit):
         model = peft.get_peft_model(vit, peft.LoraConfig(r=8, lora_alpha=8, target_modules=["qkv"], modules_to_save=["head"]))
         return model, [p for p in model.parameters() if p.requires_grad]
     if name == "vpt":
-        model = Vpt(vit)
+        model = Vpt(vit).to(dev)
         for p in model.vit.head.parameters():
             p.requires_grad_(True)
         return model, [model.prompts] + list(model.vit.head.parameters())
     if name in ("losa", "losa_cached", "losa_compiled"):
-        model = Losa(vit)
+        model = Losa(vit).to(dev)
         params = [p for n, p in model.named_parameters() if not n.startswith("vit.")]
         return (torch.compile(model) if name == "losa_compiled" else model), params
     raise SystemExit(f"unknown method {name}")
@@ -237,6 +240,7 @@ def main():
             rows.append({"method": name, "error": "out of memory"})
         except Exception as e:  # e.g. torch.compile failing on this machine: recorded, the others go on
             print(f"{name:<14} failed: {type(e).__name__}: {e}")
+            traceback.print_exc()  # to stderr, which the benchmark scripts keep in a log
             rows.append({"method": name, "error": f"failed ({type(e).__name__})"})
         if cuda:
             torch.cuda.empty_cache()

@@ -201,6 +201,34 @@ fn cached_and_uncached_training_give_the_same_results() {
     }
 }
 
+#[test]
+fn a_bf16_backbone_trains_every_method_from_images_and_from_cached_features() {
+    // The loader's images are f32 whatever the backbone computes in (CUDA's default is bf16):
+    // the backbone must take them as they come, in training and in evaluation alike.
+    let dir = tempfile::tempdir().unwrap();
+    let text = RECIPE.replace("dropout = 0.1", "dropout = 0.0");
+    let bf16 = text.replace("random_init = 1", "random_init = 1\ndtype = \"bf16\"");
+    for (name, cache) in [("cached", true), ("uncached", false)] {
+        let with_cache = |t: &str| format!("{t}\n[output]\nfeature_cache = {cache}\n");
+        let (f32_dir, bf16_dir) =
+            (dir.path().join(format!("{name}-f32")), dir.path().join(format!("{name}-bf16")));
+        execute_into(&load(dir.path(), &with_cache(&text)), &f32_dir, false, &mut Silent);
+        let summary = execute_into(&load(dir.path(), &with_cache(&bf16)), &bf16_dir, false, &mut Silent);
+        assert!(
+            summary.failed.is_empty(),
+            "{name}: {:?}",
+            summary.failed.iter().map(|f| &f.reason).collect::<Vec<_>>()
+        );
+        let (a, b) = (read_records(&f32_dir).unwrap(), read_records(&bf16_dir).unwrap());
+        assert_eq!((a.len(), b.len()), (3, 3), "{name}");
+        for (a, b) in a.iter().zip(&b) {
+            // The first epoch's loss, before rounding differences compound: within bf16's precision.
+            let (x, y) = (a.curves[0].train_loss.unwrap(), b.curves[0].train_loss.unwrap());
+            assert!((x - y).abs() < 3e-2 * x.abs(), "{name} {}: loss {x} in f32, {y} in bf16", a.run_id);
+        }
+    }
+}
+
 /// A method whose logits are NaN: its run diverges at the first step.
 struct Poisoned(Box<dyn Adaptation>);
 

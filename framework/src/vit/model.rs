@@ -153,6 +153,9 @@ impl Vit {
                 s = self.config.image_size
             );
         }
+        // Images arrive in f32 from the loader; the backbone computes in its own dtype (bf16 by
+        // default on CUDA). A no-op when they already agree.
+        let images = images.to_dtype(self.patch_embed.weight.dtype())?;
         // A stride-p convolution is a linear map of each flattened (channel, row, column) patch.
         let patches = images
             .reshape((b, c, gh, p, gw, p))?
@@ -226,7 +229,9 @@ impl Vit {
     /// class token are left out).
     pub fn pool(&self, tokens: &Tensor, pool: Pool) -> Result<Tensor> {
         match pool {
-            Pool::Token => tokens.narrow(1, 0, 1)?.squeeze(1),
+            // A copy, not the strided view: its rows lie `tokens × d` apart, and candle's CUDA
+            // matmul (cuBLAS) takes no such row stride, so the head's product would fail there.
+            Pool::Token => tokens.narrow(1, 0, 1)?.squeeze(1)?.contiguous(),
             Pool::Mean => {
                 let n = tokens.dim(1)?;
                 let patches = self.config.num_patches();
