@@ -28,6 +28,34 @@ const PARAM_CHUNKS: usize = 4096;
 // SAFETY: FastDiv is `#[repr(C)]`, three u32 (kernels.cu's `struct FastDiv`), valid for any bits.
 unsafe impl DeviceRepr for FastDiv {}
 
+/// Readies a CUDA device that was just opened for this crate's use of it: one candle device, and
+/// so one stream, per process. Two defaults cost time on every op there (PyTorch avoids both):
+/// - cudarc tracks each buffer's uses with two CUDA events (created at each allocation, recorded
+///   and waited on at each launch) so that several streams can share buffers. On candle's single
+///   stream, which already orders every use, they are pure host overhead.
+/// - CUDA's stream-ordered pool hands every free byte back to the driver at each synchronisation
+///   (release threshold 0): a training step that synchronises once (to read its loss, or to be
+///   timed) then maps its whole working set again, every step. The pool now keeps what it has,
+///   as PyTorch's caching allocator does, and still serves every allocation of the process.
+pub(crate) fn prepare(dev: &candle_core::cuda_backend::CudaDevice) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    // SAFETY: candle runs all work of a device on its one stream, so no buffer is ever used by
+    // two streams, the case the events exist for; `DeviceSpec::open` opens one device per process.
+    unsafe { dev.disable_event_tracking() };
+    let mut keep = u64::MAX;
+    // SAFETY: the CUdevice comes from the device's live context; the release threshold is a u64.
+    unsafe {
+        let pool = result::device::get_default_mem_pool(dev.cuda_stream().context().cu_device()).w()?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut keep as *mut u64).cast(),
+        )
+        .w()?;
+    }
+    Ok(())
+}
+
 /// An input: storage and layout.
 type In<'a> = (&'a CudaStorage, &'a Layout);
 

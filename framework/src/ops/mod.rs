@@ -42,6 +42,8 @@ mod tests;
 
 pub use adamw::{AdamWStep, adamw_update};
 pub use bias_gelu::bias_gelu;
+#[cfg(feature = "cuda")]
+pub(crate) use cuda::prepare as prepare_cuda;
 pub use grad_sink::GradSink;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;

@@ -73,17 +73,25 @@ impl JsonSchema for DeviceSpec {
 
 impl DeviceSpec {
     /// Opens the device, or explains why it cannot be used.
+    /// Open it once per process: each opening of a CUDA device is a stream of its own.
     pub fn open(self) -> candle_core::Result<candle_core::Device> {
-        match self {
-            DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
-            DeviceSpec::Auto => candle_core::Device::cuda_if_available(0),
+        let device = match self {
+            DeviceSpec::Cpu => return Ok(candle_core::Device::Cpu),
+            DeviceSpec::Auto => candle_core::Device::cuda_if_available(0)?,
             DeviceSpec::Cuda(n) if candle_core::utils::cuda_is_available() => {
-                candle_core::Device::new_cuda(n)
+                candle_core::Device::new_cuda(n)?
             }
-            DeviceSpec::Cuda(n) => Err(candle_core::Error::Msg(format!(
-                "device \"cuda:{n}\" was asked for, but this runner was built without CUDA \
+            DeviceSpec::Cuda(n) => {
+                return Err(candle_core::Error::Msg(format!(
+                    "device \"cuda:{n}\" was asked for, but this runner was built without CUDA \
                  (rebuild with `cargo build --release --features cuda`, see the README)"
-            ))),
+                )));
+            }
+        };
+        #[cfg(feature = "cuda")]
+        if let candle_core::Device::Cuda(cuda) = &device {
+            crate::ops::prepare_cuda(cuda)?;
         }
+        Ok(device)
     }
 }
