@@ -22,9 +22,11 @@ for b in kernels train_step device_parity runner; do
   strip "$stage/$b" 2>/dev/null || true
 done
 ls -la "$stage"
-rm -rf gpu-bin && mkdir -p gpu-bin
+# Earlier packs kept as gpu-bin/baseline-<commit>.tar.xz stay: run_gpu.sh's BASELINE measures one.
+mkdir -p gpu-bin && rm -f gpu-bin/binaries.tar.xz
 tar -C "$stage" -cf - kernels train_step device_parity runner | xz -9 -T0 > gpu-bin/binaries.tar.xz
 rm -rf "$stage"
+git rev-parse --short HEAD > gpu-bin/commit 2>/dev/null || true
 mib=$(( $(du -sk gpu-bin | cut -f1) / 1024 ))
 echo "gpu-bin: $mib MiB (carry it: the device tool takes at most 64 MiB with the checkout)"
 if [ "$mib" -gt 56 ]; then

@@ -21,7 +21,10 @@
 #   4. the train-step benchmark against PyTorch + timm + peft on the same card: ViT-B/16, batch 64,
 #      224 px, every method (bench/run_train_step.sh --gpu);
 #   5. with --large: ViT-L/16 and ViT-H/14 for forward, full, lora, losa and losa_cached (a method
-#      that does not fit is shown as out of memory).
+#      that does not fit is shown as out of memory);
+#   6. with BASELINE=gpu-bin/baseline-<commit>.tar.xz (an earlier build_gpu.sh pack): that build's
+#      train_step on the same card in the same call, against this one's, for BASELINE_METHODS
+#      (default: forward losa losa_cached lora), so a change is measured against what it replaced.
 # Exit status: 1 if a check (1–3) failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,14 +32,20 @@ bin=${BIN_DIR:-gpu-bin}
 out=${OUT:-bench/out/gpu}
 py=${PYTHON:-python3}
 mkdir -p "$out"
+# Short error messages: stripped binaries' backtraces name no function.
+export RUST_LIB_BACKTRACE=0
 # The binaries come packed (bench/build_gpu.sh); unpack them next to the run's output, with
 # Python's tarfile where xz is missing.
+unpacked=$(mktemp -d)
+trap 'rm -rf "$unpacked"' EXIT
+unpack() {  # unpack PACK FOLDER
+  mkdir -p "$2"
+  tar -C "$2" -xJf "$1" 2>/dev/null ||
+    "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$2"
+}
 if [ -f "$bin/binaries.tar.xz" ]; then
-  unpacked=$(mktemp -d)
-  trap 'rm -rf "$unpacked"' EXIT
-  tar -C "$unpacked" -xJf "$bin/binaries.tar.xz" 2>/dev/null ||
-    "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$bin/binaries.tar.xz" "$unpacked"
-  bin=$unpacked
+  unpack "$bin/binaries.tar.xz" "$unpacked/this"
+  bin=$unpacked/this
 fi
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
@@ -96,7 +105,35 @@ if [ "${1:-}" = "--large" ]; then
     summary+=("train_step $v: exit $?")
   done
 fi
-for f in device_parity kernels smoke train_step_b16 train_step_L train_step_H; do
+if [ -n "${BASELINE:-}" ]; then
+  unpack "$BASELINE" "$unpacked/baseline"
+  mkdir -p "$out/baseline"
+  read -r -a methods <<< "${BASELINE_METHODS:-forward losa losa_cached lora}"
+  for m in "${methods[@]}"; do
+    timeout "${STEP_TIMEOUT:-240}" "$unpacked/baseline/train_step" --variant B/16 --image-size 224 --batch 64 \
+      --device cuda --steps 20 --warmup 5 --methods "$m" --json "$out/baseline/$m.json" >/dev/null 2>>"$out/baseline/log.txt"
+  done
+  "$py" - "$out" "$(basename "$BASELINE" .tar.xz)" "${methods[@]}" > "$out/baseline.md" <<'PY'
+import json, sys
+out, label, methods = sys.argv[1], sys.argv[2], sys.argv[3:]
+def row(path):
+    try:
+        return json.load(open(path))["rows"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return {"error": "no result"}
+print(f"ViT-B/16, batch 64, 224 px: {label} against this build, same card, same call")
+print("| method | before step ms | after step ms | after / before | before peak MiB | after peak MiB | before infer ms | after infer ms |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for m in methods:
+    a, b = row(f"{out}/baseline/{m}.json"), row(f"{out}/b16/losa_{m}.json")
+    f = lambda r, k, s=1.0: f"{r[k] * s:.1f}" if isinstance(r.get(k), (int, float)) else r.get("error", "–")
+    ratio = f"{b['step_ms'] / a['step_ms']:.2f}" if "step_ms" in a and "step_ms" in b else "–"
+    print(f"| {m} | {f(a, 'step_ms')} | {f(b, 'step_ms')} | {ratio} | {f(a, 'peak_bytes', 2**-20)} | "
+          f"{f(b, 'peak_bytes', 2**-20)} | {f(a, 'infer_ms')} | {f(b, 'infer_ms')} |")
+PY
+  summary+=("baseline $(basename "$BASELINE"): exit $?")
+fi
+for f in device_parity kernels smoke train_step_b16 train_step_L train_step_H baseline; do
   [ -f "$out/$f.md" ] && { echo "== $f"; cat "$out/$f.md"; echo; }
   [ -f "$out/$f.txt" ] && [ ! -f "$out/$f.md" ] && { echo "== $f"; tail -n 40 "$out/$f.txt"; echo; }
 done
