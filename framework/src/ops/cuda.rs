@@ -116,6 +116,12 @@ fn kernel<T: Kern>(name: &str) -> String {
     format!("{name}_{}", T::DTYPE.as_str())
 }
 
+/// Grid-stride loop over `n` elements in vectors of 16 bytes (kernels.cu's `VecOf`): a thread per
+/// vector; the kernels' element-wise fallback strides over the same grid.
+fn vec_config<T>(n: usize) -> LaunchConfig {
+    flat_config(n.div_ceil(16 / std::mem::size_of::<T>()))
+}
+
 /// Grid-stride loop over `n` elements.
 fn flat_config(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK).clamp(1, 1 << 20) as u32;
@@ -257,7 +263,7 @@ fn bg_fwd<T: Kern>(x: In, b: In, channels: usize, inner: usize) -> Result<(CudaS
         args.arg(&inner);
         // SAFETY: the arguments match `bias_gelu_fwd_<dtype>(const T*, const T*, T*, uint64_t,
         // FastDiv, FastDiv)`; x and y hold n elements, bias `channels`.
-        unsafe { args.launch(flat_config(n)) }.w()?;
+        unsafe { args.launch(vec_config::<T>(n)) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
 }
@@ -327,7 +333,7 @@ fn res_fwd<T: Kern>(a: In, m: In, minus: Option<In>, bias: Option<In>, d: usize)
         // SAFETY: the arguments match `residual_fwd_<dtype>(const T*, const T*, const T*, const T*,
         // T*, uint64_t, FastDiv, int, int)`; a, m, minus (when flagged) and out hold n elements,
         // bias (when flagged) d.
-        unsafe { args.launch(flat_config(n)) }.w()?;
+        unsafe { args.launch(vec_config::<T>(n)) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
@@ -431,7 +437,7 @@ fn heads<T: Kern>(src: In, bias: Option<In>, dims: [usize; 5], split: bool) -> R
         // SAFETY: the arguments match `split_heads_<dtype>(const T*, const T*, T*, uint64_t, FastDiv,
         // FastDiv, int, FastDiv, FastDiv, int, int)`; src and dst hold n = batch · tokens · parts ·
         // heads · hd elements, bias (read only when flagged) parts · heads · hd.
-        unsafe { args.launch(flat_config(n)) }.w()?;
+        unsafe { args.launch(vec_config::<T>(n)) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))
 }
