@@ -118,6 +118,19 @@ pub(crate) fn slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&
     }
 }
 
+/// The CPU storage of an optional input that an op reads besides its operands (a captured tensor,
+/// or a flagged extra); an error if it lives on another device.
+pub(crate) fn extra_input<'a>(
+    input: Option<(&'a candle_core::Storage, &'a Layout)>,
+    op: &str,
+) -> Result<Option<(&'a candle_core::CpuStorage, &'a Layout)>> {
+    match input {
+        None => Ok(None),
+        Some((candle_core::Storage::Cpu(s), l)) => Ok(Some((s, l))),
+        Some(_) => bail!("{op}: inputs on different devices"),
+    }
+}
+
 /// Calls `f::<T>(extra.., (slice, layout)..)` with `T` the storages' common element type.
 macro_rules! cpu_dispatch {
     ($op:expr, $f:ident($($extra:expr),*; $($s:ident : $l:ident),+)) => {{

@@ -59,6 +59,19 @@ pub(crate) fn prepare(dev: &candle_core::cuda_backend::CudaDevice) -> Result<()>
 /// An input: storage and layout.
 type In<'a> = (&'a CudaStorage, &'a Layout);
 
+/// The CUDA storage of an optional input that an op reads besides its operands (a captured
+/// tensor, or a flagged extra); an error if it lives on another device.
+pub(crate) fn extra_input<'a>(
+    input: Option<(&'a candle_core::Storage, &'a Layout)>,
+    op: &str,
+) -> Result<Option<In<'a>>> {
+    match input {
+        None => Ok(None),
+        Some((candle_core::Storage::Cuda(s), l)) => Ok(Some((s, l))),
+        Some(_) => bail!("{op}: inputs on different devices"),
+    }
+}
+
 /// An element type with kernels, and the type its kernels accumulate in.
 trait Kern: CudaDType + DeviceRepr + WithDType {
     type A: CudaDType + DeviceRepr + WithDType;

@@ -36,11 +36,14 @@ impl GradSink {
         self.handle.as_tensor()
     }
 
+    /// The pending gradients; an error if a thread panicked while holding them.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Vec<(Tensor, Tensor)>>> {
+        self.pending.lock().map_err(|_| candle_core::Error::Msg("grad sink poisoned".into()))
+    }
+
     /// Records `grad` as (a contribution to) the gradient of `param`.
     pub(crate) fn put(&self, param: &Tensor, grad: Tensor) -> Result<()> {
-        let mut pending =
-            self.pending.lock().map_err(|_| candle_core::Error::Msg("grad sink poisoned".into()))?;
-        pending.push((param.clone(), grad));
+        self.lock()?.push((param.clone(), grad));
         Ok(())
     }
 
@@ -54,11 +57,7 @@ impl GradSink {
     /// Moves the collected gradients into `grads`, adding to any gradient a parameter already has
     /// there (from other uses in the graph, or from several ops that read it).
     pub fn deliver(&self, grads: &mut GradStore) -> Result<()> {
-        let pending = {
-            let mut pending =
-                self.pending.lock().map_err(|_| candle_core::Error::Msg("grad sink poisoned".into()))?;
-            std::mem::take(&mut *pending)
-        };
+        let pending = std::mem::take(&mut *self.lock()?);
         for (param, grad) in pending {
             let sum = match grads.remove(&param) {
                 Some(earlier) => (earlier + grad)?,

@@ -204,13 +204,7 @@ impl CustomOp3 for BwdX {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let add = self.add.as_ref().map(Tensor::storage_and_layout);
-        let add = match &add {
-            None => None,
-            Some((storage, layout)) => match &**storage {
-                candle_core::Storage::Cpu(s) => Some((s, *layout)),
-                _ => bail!("{}: inputs on different devices", self.name()),
-            },
-        };
+        let add = super::cpu::extra_input(add.as_ref().map(|(s, l)| (&**s, *l)), self.name())?;
         cpu_dispatch!(self.name(), bwd_x_cpu(self.eps, add; s1: l1, s2: l2, s3: l3))
     }
 
@@ -225,13 +219,7 @@ impl CustomOp3 for BwdX {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let add = self.add.as_ref().map(Tensor::storage_and_layout);
-        let add = match &add {
-            None => None,
-            Some((storage, layout)) => match &**storage {
-                candle_core::Storage::Cuda(s) => Some((s, *layout)),
-                _ => bail!("{}: inputs on different devices", self.name()),
-            },
-        };
+        let add = super::cuda::extra_input(add.as_ref().map(|(s, l)| (&**s, *l)), self.name())?;
         super::cuda::layer_norm_bwd_x((s1, l1), (s2, l2), (s3, l3), add, self.eps)
     }
 }

@@ -55,27 +55,14 @@ pub(crate) fn residual_storage(
     let bias = bias.as_ref().map(|(s, l)| (&**s, *l));
     match (&*sa, &*sm) {
         (Storage::Cpu(sa), Storage::Cpu(sm)) => {
-            fn cpu<'a>(s: Option<(&'a Storage, &'a Layout)>) -> Result<Option<In<'a>>> {
-                match s {
-                    None => Ok(None),
-                    Some((Storage::Cpu(s), l)) => Ok(Some((s, l))),
-                    Some(_) => bail!("{NAME}: inputs on different devices"),
-                }
-            }
-            let out = residual_cpu(((sa, la), (sm, lm), cpu(minus)?, cpu(bias)?), d)?;
+            let extra = |s| super::cpu::extra_input(s, NAME);
+            let out = residual_cpu(((sa, la), (sm, lm), extra(minus)?, extra(bias)?), d)?;
             Ok((Storage::Cpu(out), shape))
         }
         #[cfg(feature = "cuda")]
         (Storage::Cuda(sa), Storage::Cuda(sm)) => {
-            type CudaIn<'a> = (&'a candle_core::CudaStorage, &'a Layout);
-            fn cuda<'a>(s: Option<(&'a Storage, &'a Layout)>) -> Result<Option<CudaIn<'a>>> {
-                match s {
-                    None => Ok(None),
-                    Some((Storage::Cuda(s), l)) => Ok(Some((s, l))),
-                    Some(_) => bail!("{NAME}: inputs on different devices"),
-                }
-            }
-            let out = super::cuda::residual((sa, la), (sm, lm), cuda(minus)?, cuda(bias)?, d)?;
+            let extra = |s| super::cuda::extra_input(s, NAME);
+            let out = super::cuda::residual((sa, la), (sm, lm), extra(minus)?, extra(bias)?, d)?;
             Ok((Storage::Cuda(out), shape))
         }
         _ => bail!("{NAME}: no kernel for this device, or inputs on different devices"),
