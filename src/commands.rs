@@ -10,6 +10,7 @@ use losa_framework::embed as embedding;
 use losa_framework::engine::execute;
 use losa_framework::engine::progress::Progress;
 use losa_framework::engine::protocol::{self, Stage2, Stages};
+use losa_framework::error::Plain;
 use losa_framework::plan::{GroupKey, RunSpec, plan as expand, shard};
 use losa_framework::recipe::{self, BackboneConfig, LoadOptions, PreprocessConfig, Recipe};
 use losa_framework::store;
@@ -50,7 +51,8 @@ pub fn run(path: &Path, flags: &RunFlags) -> Result<(), Failure> {
         load_backbone(backbone, &candle_core::Device::Cpu)
             .with_context(|| format!("recipe {}: backbones[{i}]", path.display()))?;
     }
-    let device = recipe.device.open().map_err(|e| anyhow!("recipe {}: device: {e}", path.display()))?;
+    let device =
+        recipe.device.open().map_err(|e| anyhow!("recipe {}: device: {}", path.display(), Plain(&e)))?;
     let runs_dir = flags.out.clone().unwrap_or_else(|| recipe.runs_dir());
     store::write_recipe(&runs_dir, &recipe)?;
     if !flags.quiet {
@@ -487,7 +489,7 @@ pub fn embed(args: &EmbedArgs) -> Result<(), Failure> {
     backbone.image_size = args.image_size;
     backbone.norm_eps = args.norm_eps;
     let files = embedding::image_files(&args.images)?;
-    let device = args.device.open().map_err(|e| anyhow!("{e}"))?;
+    let device = args.device.open().map_err(|e| anyhow!("{}", Plain(&e)))?;
     let vit = load_backbone(&backbone, &device)?;
     let preprocess = PreprocessConfig { normalize: args.normalize, ..Default::default() };
     let out = embedding::embed(&vit, &files, &preprocess, args.pool, args.batch_size, &device)?;

@@ -16,7 +16,7 @@ pub enum BackboneError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     /// Building the tensors failed (e.g. out of memory).
-    #[error("cannot build the backbone: {0}")]
+    #[error("cannot build the backbone: {}", crate::error::Plain(.0))]
     Tensor(#[from] candle_core::Error),
 }
 

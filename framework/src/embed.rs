@@ -30,7 +30,7 @@ pub enum EmbedError {
     #[error("{} image(s) cannot be used:\n  - {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  - "))]
     Images(Vec<DataError>),
     /// A tensor operation failed.
-    #[error("embedding failed: {0}")]
+    #[error("embedding failed: {}", crate::error::Plain(.0))]
     Tensor(#[from] candle_core::Error),
     /// Writing the output failed.
     #[error("cannot write {}: {reason}", path.display())]

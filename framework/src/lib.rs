@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod embed;
 pub mod engine;
+pub mod error;
 pub mod ops;
 pub mod plan;
 pub mod recipe;

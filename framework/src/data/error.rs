@@ -93,7 +93,7 @@ pub enum DataError {
     #[error("{0}")]
     Setting(String),
     /// Building a batch tensor failed.
-    #[error("building a batch tensor: {0}")]
+    #[error("building a batch tensor: {}", crate::error::Plain(.0))]
     Tensor(#[from] candle_core::Error),
     /// Several problems, all found in one pass.
     #[error("{}", Several(.0))]

@@ -184,7 +184,7 @@ impl RunError {
 
 impl From<candle_core::Error> for RunError {
     fn from(e: candle_core::Error) -> Self {
-        RunError::Other(e.to_string())
+        RunError::Other(crate::error::Plain(&e).to_string())
     }
 }
 

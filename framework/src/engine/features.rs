@@ -99,7 +99,7 @@ pub enum FeatureError {
     #[error(transparent)]
     Data(#[from] DataError),
     /// Running the backbone or building a tensor failed.
-    #[error("computing features: {0}")]
+    #[error("computing features: {}", crate::error::Plain(.0))]
     Tensor(#[from] candle_core::Error),
     /// A cache file could not be written or read.
     #[error("feature cache file {}: {source}", path.display())]

@@ -30,7 +30,7 @@ pub enum FitError {
     #[error(transparent)]
     Features(#[from] FeatureError),
     /// A tensor operation failed (e.g. out of memory).
-    #[error("{0}")]
+    #[error("{}", crate::error::Plain(.0))]
     Tensor(#[from] candle_core::Error),
     /// The resume state could not be written or read.
     #[error(transparent)]
