@@ -119,6 +119,40 @@ fn time(
     Ok(median(times))
 }
 
+/// Medians of a step's phases, after `warmup` steps: `f(mark)` runs one step and calls `mark`
+/// at the end of each phase but the last, where the device is synchronised and the clock read.
+/// The phases add up to more than the step, whose host and device work overlap across them: this
+/// says where the time goes, the step's time says how long it takes.
+fn phase_times<const N: usize>(
+    device: &Device,
+    warmup: usize,
+    steps: usize,
+    mut f: impl FnMut(&mut dyn FnMut() -> candle_core::Result<()>) -> candle_core::Result<()>,
+) -> candle_core::Result<[f64; N]> {
+    let mut times: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+    for i in 0..warmup + steps {
+        sync(device)?;
+        let mut ends = Vec::with_capacity(N + 1);
+        ends.push(Instant::now());
+        f(&mut || {
+            sync(device)?;
+            ends.push(Instant::now());
+            Ok(())
+        })?;
+        sync(device)?;
+        ends.push(Instant::now());
+        if ends.len() != N + 1 {
+            candle_core::bail!("a step of {} phases marked {}", N, ends.len() - 2);
+        }
+        if i >= warmup {
+            for (k, t) in times.iter_mut().enumerate() {
+                t.push((ends[k + 1] - ends[k]).as_secs_f64());
+            }
+        }
+    }
+    Ok(times.map(median))
+}
+
 fn run() -> Result<(), String> {
     let args = parse()?;
     let device = args.device.open().map_err(|e| e.to_string())?;
@@ -186,8 +220,10 @@ fn run() -> Result<(), String> {
                     m.trainable,
                     m.infer_s * 1e3
                 );
+                let phases_ms = m.phases_s.map(|p| p.map(|t| t * 1e3));
                 rows.push(serde_json::json!({"method": name, "step_ms": m.step_s * 1e3, "images_per_s": b as f64 / m.step_s,
-                    "peak_bytes": peak, "trainable": m.trainable, "infer_ms": m.infer_s * 1e3}));
+                    "peak_bytes": peak, "trainable": m.trainable, "infer_ms": m.infer_s * 1e3,
+                    "forward_backward_update_ms": phases_ms}));
             }
             // A method that does not fit (or fails otherwise) is recorded as such; the others go on.
             Err(err) => {
@@ -227,6 +263,9 @@ struct Measured {
     /// Median seconds of an inference forward (train = false) of the adapted model.
     infer_s: f64,
     trainable: usize,
+    /// Median seconds of the forward with the loss, the backward and the optimiser step, each
+    /// ended by a synchronisation (not for `forward`).
+    phases_s: Option<[f64; 3]>,
 }
 
 fn measure(s: &Setup<'_>, name: &str, args: &Args, meter: &memory::Meter) -> Result<Measured, String> {
@@ -239,7 +278,7 @@ fn measure(s: &Setup<'_>, name: &str, args: &Args, meter: &memory::Meter) -> Res
             out.map(|_| ())
         })
         .map_err(e)?;
-        return Ok(Measured { step_s: t, infer_s: t, trainable: 0 });
+        return Ok(Measured { step_s: t, infer_s: t, trainable: 0, phases_s: None });
     }
     let config = adapter(name).ok_or(format!("unknown method {name}"))?;
     let method = losa_adapters::build(&config, vit, s.classes, 0, DType::F32).map_err(e)?;
@@ -250,19 +289,22 @@ fn measure(s: &Setup<'_>, name: &str, args: &Args, meter: &memory::Meter) -> Res
         true => Some(compute_taps(vit, images, &method.taps()).map_err(e)?),
         false => None,
     };
-    let step_s = time(device, args.warmup, args.steps, || {
+    let mut step = |mark: &mut dyn FnMut() -> candle_core::Result<()>| {
         let logits = match &taps {
             Some(taps) => method.forward_taps(vit, taps, true)?,
             None => method.forward(vit, images, true)?,
         };
         meter.sample();
+        mark()?;
         let grads = method.backward(&cross_entropy(&logits, labels, 0.0)?)?;
         meter.sample();
+        mark()?;
         opt.step(&grads, 1e-4)?;
         meter.sample();
         Ok(())
-    })
-    .map_err(e)?;
+    };
+    let step_s = time(device, args.warmup, args.steps, || step(&mut || Ok(()))).map_err(e)?;
+    let phases_s = phase_times(device, args.warmup, args.steps, &mut step).map_err(e)?;
     // Inference runs the backbone as deployed: from images, also for a method trained from cache.
     let infer_s = time(device, args.warmup, args.steps, || {
         let out = method.forward(vit, images, false);
@@ -270,7 +312,7 @@ fn measure(s: &Setup<'_>, name: &str, args: &Args, meter: &memory::Meter) -> Res
         out.map(|_| ())
     })
     .map_err(e)?;
-    Ok(Measured { step_s, infer_s, trainable })
+    Ok(Measured { step_s, infer_s, trainable, phases_s: Some(phases_s) })
 }
 
 /// Whether an error says the device ran out of memory (cudarc: CUDA_ERROR_OUT_OF_MEMORY).
