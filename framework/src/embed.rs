@@ -82,7 +82,6 @@ pub fn embed(
     device: &Device,
 ) -> Result<Embeddings, EmbedError> {
     let size = vit.config.image_size;
-    let dtype = vit.pos_embed.dtype();
     let mut features = Vec::new();
     let mut logits = Vec::new();
     let mut errors = Vec::new();
@@ -100,7 +99,7 @@ pub fn embed(
         if !errors.is_empty() {
             continue;
         }
-        let images = Tensor::from_vec(values, (chunk.len(), 3, size, size), device)?.to_dtype(dtype)?;
+        let images = Tensor::from_vec(values, (chunk.len(), 3, size, size), device)?;
         let tokens = vit.forward(&images, &NoHooks, false)?.tokens;
         // The checkpoint's own logits come from its own pooling, the class token.
         if let Some(l) = vit.logits(&vit.pool(&tokens, Pool::Token)?)? {

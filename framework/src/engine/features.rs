@@ -337,10 +337,10 @@ impl FeatureCache {
         let mut sinks: Vec<Sink> =
             missing.iter().map(|&l| Sink::new(LayerFile::new(&dir, l, store))).collect();
         let mut labels: Vec<u32> = Vec::new();
-        let (dtype, device) = (vit.pos_embed.dtype(), vit.pos_embed.device());
+        let device = vit.pos_embed.device();
         for batch in batches {
             let batch = batch?;
-            let images = batch.images.to_device(device)?.to_dtype(dtype)?;
+            let images = batch.images.to_device(device)?;
             let out = vit.forward(&images, &NoHooks, keep_blocks)?;
             labels.extend(batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?);
             for (i, &layer) in missing.iter().enumerate() {
