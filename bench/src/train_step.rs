@@ -105,18 +105,8 @@ fn time(
     steps: usize,
     mut f: impl FnMut() -> candle_core::Result<()>,
 ) -> candle_core::Result<f64> {
-    for _ in 0..warmup {
-        f()?;
-    }
-    sync(device)?;
-    let mut times = Vec::new();
-    for _ in 0..steps {
-        let start = Instant::now();
-        f()?;
-        sync(device)?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    Ok(median(times))
+    let [t] = phase_times(device, warmup, steps, |_| f())?;
+    Ok(t)
 }
 
 /// Medians of a step's phases, after `warmup` steps: `f(mark)` runs one step and calls `mark`

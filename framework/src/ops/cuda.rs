@@ -129,10 +129,14 @@ fn kernel<T: Kern>(name: &str) -> String {
     format!("{name}_{}", T::DTYPE.as_str())
 }
 
-/// Grid-stride loop over `n` elements in vectors of 16 bytes (kernels.cu's `VecOf`): a thread per
-/// vector; the kernels' element-wise fallback strides over the same grid.
+/// Bytes a thread moves per load or store on the element-wise kernels' vector path (kernels.cu's
+/// `VEC_BYTES`).
+const VEC_BYTES: usize = 16;
+
+/// Grid-stride loop over `n` elements in vectors of `VEC_BYTES`: a thread per vector; the kernels'
+/// element-wise fallback strides over the same grid.
 fn vec_config<T>(n: usize) -> LaunchConfig {
-    flat_config(n.div_ceil(16 / std::mem::size_of::<T>()))
+    flat_config(n.div_ceil(VEC_BYTES / std::mem::size_of::<T>()))
 }
 
 /// Grid-stride loop over `n` elements.

@@ -70,6 +70,10 @@ template <typename T> __device__ __forceinline__ void vstore(T *p, const typenam
 __device__ __forceinline__ bool aligned(const void *p) { return ((uintptr_t)p & (VEC_BYTES - 1)) == 0; }
 
 __device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
+// gelu_erf(v) = v (1 + erf(v/√2)) / 2.
+template <typename A> __device__ __forceinline__ A gelu_(A v) {
+  return A(0.5) * v * (A(1) + erf_(v * A(0.70710678118654752440)));
+}
 __device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
 
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
@@ -222,7 +226,7 @@ __device__ void bias_gelu_fwd(const T *x, const T *bias, T *y, uint64_t n, FastD
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         const A v = ld(xv.v[k]) + ld(bv.v[k]);
-        st(&yv.v[k], A(0.5) * v * (A(1) + erf_(v * A(0.70710678118654752440))));
+        st(&yv.v[k], gelu_(v));
       }
       vstore(y + i, yv);
     }
@@ -230,7 +234,7 @@ __device__ void bias_gelu_fwd(const T *x, const T *bias, T *y, uint64_t n, FastD
   }
   for (uint64_t i = first; i < n; i += stride) {
     const A v = ld(x[i]) + ld(bias[channel_of(i, inner, channels, fast)]);
-    st(&y[i], A(0.5) * v * (A(1) + erf_(v * A(0.70710678118654752440))));
+    st(&y[i], gelu_(v));
   }
 }
 
