@@ -10,8 +10,9 @@
 # With --gpu the default adds losa_compiled: PyTorch's LoSA through torch.compile, set against
 # losa's own (uncompiled) LoSA step, the bar issue 10 sets.
 # A method that runs out of memory (or fails) in one tool is shown as such; the others go on.
-# The last column splits losa's step into its phases, each ended by a synchronisation (they add
-# up to more than the step, whose host and device work overlap).
+# The last two columns: losa's step split into its phases, each ended by a synchronisation (they
+# add up to more than the step, whose host and device work overlap); and the time until a step's
+# work was all queued (close to the step's time: the host's launching is what the step waits for).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:---cpu-small}; [ $# -gt 0 ] && shift
@@ -53,8 +54,8 @@ commit = os.environ.get("COMMIT") or subprocess.run(["git", "rev-parse", "--shor
 print(f"ViT width {first.get('width')} depth {first.get('depth')} patch {first.get('patch')} at {first.get('image_size')} px, "
       f"batch {first.get('batch')}; {first.get('device')} ({cpu}); commit {commit}; {tool}")
 print("| method | losa step ms | torch step ms | ratio | losa images/s | torch images/s | losa peak MiB | torch peak MiB "
-      "| torch allocated MiB | losa infer ms | torch infer ms | losa forward / backward / update ms |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| torch allocated MiB | losa infer ms | torch infer ms | losa forward / backward / update ms | losa queued ms |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 cell = lambda row, key, f: row.get("error", "–") if key not in row or row[key] is None else f(row[key])
 ms, n, mib = (lambda v: f"{v:.1f}"), (lambda v: f"{v:.0f}"), (lambda v: f"{v / 2**20:.0f}")
 for m in methods:
@@ -64,5 +65,6 @@ for m in methods:
     print(f"| {label} | {cell(a, 'step_ms', ms)} | {cell(b, 'step_ms', ms)} | {ratio} | {cell(a, 'images_per_s', n)} | "
           f"{cell(b, 'images_per_s', n)} | {cell(a, 'peak_bytes', mib)} | {cell(b, 'peak_bytes', mib)} | "
           f"{cell(b, 'peak_allocated_bytes', mib)} | {cell(a, 'infer_ms', ms)} | {cell(b, 'infer_ms', ms)} | "
-          f"{' / '.join(f'{t:.1f}' for t in a.get('forward_backward_update_ms') or []) or '–'} |")
+          f"{' / '.join(f'{t:.1f}' for t in a.get('forward_backward_update_ms') or []) or '–'} | "
+          f"{cell(a, 'queued_ms', ms)} |")
 PY

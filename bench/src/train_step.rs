@@ -98,28 +98,32 @@ fn median(mut times: Vec<f64>) -> f64 {
     times[times.len() / 2]
 }
 
-/// Median seconds of `f` over `steps` runs after `warmup` runs.
+/// Median seconds of `f` over `steps` runs after `warmup` runs, and the median seconds until `f`
+/// returned (its work queued on the device, not yet done): when the two are close, the host's
+/// launching is what the step waits for, not the device.
 fn time(
     device: &Device,
     warmup: usize,
     steps: usize,
     mut f: impl FnMut() -> candle_core::Result<()>,
-) -> candle_core::Result<f64> {
-    let [t] = phase_times(device, warmup, steps, |_| f())?;
-    Ok(t)
+) -> candle_core::Result<(f64, f64)> {
+    let ([t], host) = phase_times(device, warmup, steps, |_| f())?;
+    Ok((t, host))
 }
 
 /// Medians of a step's phases, after `warmup` steps: `f(mark)` runs one step and calls `mark`
 /// at the end of each phase but the last, where the device is synchronised and the clock read.
 /// The phases add up to more than the step, whose host and device work overlap across them: this
-/// says where the time goes, the step's time says how long it takes.
+/// says where the time goes, the step's time says how long it takes. Also the median time until
+/// `f` returned, before the last synchronisation.
 fn phase_times<const N: usize>(
     device: &Device,
     warmup: usize,
     steps: usize,
     mut f: impl FnMut(&mut dyn FnMut() -> candle_core::Result<()>) -> candle_core::Result<()>,
-) -> candle_core::Result<[f64; N]> {
+) -> candle_core::Result<([f64; N], f64)> {
     let mut times: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+    let mut queued = Vec::new();
     for i in 0..warmup + steps {
         sync(device)?;
         let mut ends = Vec::with_capacity(N + 1);
@@ -129,18 +133,20 @@ fn phase_times<const N: usize>(
             ends.push(Instant::now());
             Ok(())
         })?;
+        let returned = Instant::now();
         sync(device)?;
         ends.push(Instant::now());
         if ends.len() != N + 1 {
             candle_core::bail!("a step of {} phases marked {}", N, ends.len() - 2);
         }
         if i >= warmup {
+            queued.push((returned - ends[0]).as_secs_f64());
             for (k, t) in times.iter_mut().enumerate() {
                 t.push((ends[k + 1] - ends[k]).as_secs_f64());
             }
         }
     }
-    Ok(times.map(median))
+    Ok((times.map(median), median(queued)))
 }
 
 fn run() -> Result<(), String> {
@@ -180,8 +186,8 @@ fn run() -> Result<(), String> {
         args.steps
     );
     println!(
-        "{:<14} {:>10} {:>10} {:>12} {:>14} {:>10}",
-        "method", "step ms", "images/s", "peak MiB", "trainable", "infer ms"
+        "{:<14} {:>10} {:>10} {:>10} {:>12} {:>14} {:>10}",
+        "method", "step ms", "queued ms", "images/s", "peak MiB", "trainable", "infer ms"
     );
     let mut rows = Vec::new();
     let setup =
@@ -202,16 +208,17 @@ fn run() -> Result<(), String> {
                     memory::peak_rss().map(|p| p.saturating_sub(base)).unwrap_or(0)
                 };
                 println!(
-                    "{:<14} {:>10.1} {:>10.1} {:>12.1} {:>14} {:>10.1}",
+                    "{:<14} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>14} {:>10.1}",
                     name,
                     m.step_s * 1e3,
+                    m.queued_s * 1e3,
                     b as f64 / m.step_s,
                     peak as f64 / (1u64 << 20) as f64,
                     m.trainable,
                     m.infer_s * 1e3
                 );
                 let phases_ms = m.phases_s.map(|p| p.map(|t| t * 1e3));
-                rows.push(serde_json::json!({"method": name, "step_ms": m.step_s * 1e3, "images_per_s": b as f64 / m.step_s,
+                rows.push(serde_json::json!({"method": name, "step_ms": m.step_s * 1e3, "queued_ms": m.queued_s * 1e3, "images_per_s": b as f64 / m.step_s,
                     "peak_bytes": peak, "trainable": m.trainable, "infer_ms": m.infer_s * 1e3,
                     "forward_backward_update_ms": phases_ms}));
             }
@@ -250,6 +257,8 @@ struct Setup<'a> {
 struct Measured {
     /// Median seconds of a train step (of the forward alone for `forward`).
     step_s: f64,
+    /// Median seconds until a step's work was all queued (see [`time`]).
+    queued_s: f64,
     /// Median seconds of an inference forward (train = false) of the adapted model.
     infer_s: f64,
     trainable: usize,
@@ -262,13 +271,13 @@ fn measure(s: &Setup<'_>, name: &str, args: &Args, meter: &memory::Meter) -> Res
     let e = |e: candle_core::Error| e.to_string();
     let (device, vit, images, labels) = (s.device, s.vit, s.images, s.labels);
     if name == "forward" {
-        let t = time(device, args.warmup, args.steps, || {
+        let (t, queued_s) = time(device, args.warmup, args.steps, || {
             let out = vit.forward(images, &NoHooks, false);
             meter.sample();
             out.map(|_| ())
         })
         .map_err(e)?;
-        return Ok(Measured { step_s: t, infer_s: t, trainable: 0, phases_s: None });
+        return Ok(Measured { step_s: t, queued_s, infer_s: t, trainable: 0, phases_s: None });
     }
     let config = adapter(name).ok_or(format!("unknown method {name}"))?;
     let method = losa_adapters::build(&config, vit, s.classes, 0, DType::F32).map_err(e)?;
@@ -293,16 +302,16 @@ fn measure(s: &Setup<'_>, name: &str, args: &Args, meter: &memory::Meter) -> Res
         meter.sample();
         Ok(())
     };
-    let step_s = time(device, args.warmup, args.steps, || step(&mut || Ok(()))).map_err(e)?;
-    let phases_s = phase_times(device, args.warmup, args.steps, &mut step).map_err(e)?;
+    let (step_s, queued_s) = time(device, args.warmup, args.steps, || step(&mut || Ok(()))).map_err(e)?;
+    let (phases_s, _) = phase_times(device, args.warmup, args.steps, &mut step).map_err(e)?;
     // Inference runs the backbone as deployed: from images, also for a method trained from cache.
-    let infer_s = time(device, args.warmup, args.steps, || {
+    let (infer_s, _) = time(device, args.warmup, args.steps, || {
         let out = method.forward(vit, images, false);
         meter.sample();
         out.map(|_| ())
     })
     .map_err(e)?;
-    Ok(Measured { step_s, infer_s, trainable, phases_s: Some(phases_s) })
+    Ok(Measured { step_s, queued_s, infer_s, trainable, phases_s: Some(phases_s) })
 }
 
 /// Whether an error says the device ran out of memory (cudarc: CUDA_ERROR_OUT_OF_MEMORY).
