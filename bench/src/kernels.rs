@@ -5,10 +5,10 @@
 //! timing tables and exits 1 on any failure. `bench/run_gpu.sh` runs it on the GPU.
 //! Then the same for the in-place AdamW update (three steps, clipping in the second), and the time
 //! of one optimiser step over LoSA's ViT-B/16 parameters, fused against the composition.
-//! `--optimizer-only` runs only the AdamW check and timing. `--frozen-only` skips the checks and
+//! `--multi-tensor-only` runs only the AdamW check and timing. `--frozen-only` skips the checks and
 //! prints only the last table: the frozen forward's ops against
 //! the candle ops they replaced, at `--frozen-shape batch,tokens,width,heads` (default ViT-B/16).
-//!   kernels [--device cuda|cpu] [--runs 20] [--frozen-only | --optimizer-only] [--frozen-shape 64,197,768,12]
+//!   kernels [--device cuda|cpu] [--runs 20] [--frozen-only | --multi-tensor-only] [--frozen-shape 64,197,768,12]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::time::Instant;
@@ -300,21 +300,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-const USAGE: &str = "usage: kernels [--device cuda|cpu] [--runs 20] [--frozen-only | --optimizer-only] \
+const USAGE: &str = "usage: kernels [--device cuda|cpu] [--runs 20] [--frozen-only | --multi-tensor-only] \
                      [--frozen-shape 64,197,768,12]";
 
 fn check() -> std::result::Result<bool, String> {
     let (mut device, mut runs, mut frozen_only, mut frozen) =
         (DeviceSpec::Auto, 20usize, false, [64, 197, 768, 12]);
-    let mut optimizer_only = false;
+    let mut multi_tensor_only = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--frozen-only" {
             frozen_only = true;
             continue;
         }
-        if flag == "--optimizer-only" {
-            optimizer_only = true;
+        if flag == "--multi-tensor-only" {
+            multi_tensor_only = true;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -334,14 +334,14 @@ fn check() -> std::result::Result<bool, String> {
         }
     }
     let device = device.open().map_err(|e| e.to_string())?;
-    if optimizer_only {
-        return optimizer(&device, runs).map_err(|e| e.to_string());
+    if multi_tensor_only {
+        return multi_tensor(&device, runs).map_err(|e| e.to_string());
     }
     let ok = if frozen_only {
         true
     } else {
         let ops = check_on(&device, runs).map_err(|e| e.to_string())?;
-        optimizer(&device, runs).map_err(|e| e.to_string())? && ops
+        multi_tensor(&device, runs).map_err(|e| e.to_string())? && ops
     };
     frozen_table(&device, runs, frozen).map_err(|e| e.to_string())?;
     Ok(ok)
@@ -529,85 +529,154 @@ fn losa_b16_shapes() -> Vec<Vec<usize>> {
 fn adamw_composed(
     p: &Tensor,
     g: &Tensor,
-    mv: Option<(&Tensor, &Tensor)>,
+    (m, v): (&Tensor, &Tensor),
     h: &ops::AdamWStep,
 ) -> Result<[Tensor; 3]> {
     let [b1, b2] = h.betas;
-    let (m, v) = match mv {
-        Some((m, v)) => (((m * b1)? + (g * (1.0 - b1))?)?, ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?),
-        None => ((g * (1.0 - b1))?, (g.sqr()? * (1.0 - b2))?),
-    };
+    let (m, v) = (((m * b1)? + (g * (1.0 - b1))?)?, ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?);
     let t = h.step as i32;
     let denom = ((v.sqrt()? / (1.0 - b2.powi(t)).sqrt())? + h.eps)?;
-    let p = ((p * (1.0 - h.lr * h.weight_decay))? - ((&m / denom)? * (h.lr / (1.0 - b1.powi(t))))?)?;
+    let p = (p - ((&m / denom)? * (h.lr / (1.0 - b1.powi(t))))?)?;
     Ok([p, m, v])
 }
 
-/// The in-place AdamW update on `device` against the CPU (parameter and moments after three
-/// steps, the second clipped), then one optimiser step over LoSA's B/16 parameters timed.
-fn optimizer(device: &Device, runs: usize) -> Result<bool> {
-    let mut ok = true;
-    println!("\n# adamw_update on {device:?} against the CPU fallback, after 3 steps (error as above)");
-    println!("| elements | dtype | output | error | tolerance | result |");
-    println!("|---:|---|---|---:|---:|---|");
-    for n in [40_001, 7] {
-        for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
-            let run_on = |dev: &Device| -> Result<(Tensor, Tensor)> {
-                let p = seeded_normal(n, 1.0, 1, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
-                let state = Tensor::zeros((2, n), dtype, dev)?;
-                for (step, clip) in [(1u64, 1.0), (2, 0.7), (3, 1.0)] {
-                    let g =
-                        seeded_normal(n, 0.1, 10 + step, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
-                    let h =
-                        ops::AdamWStep { lr: 1e-2, weight_decay: 0.05, betas: [0.9, 0.999], eps: 1e-8, step };
-                    ops::adamw_update(&p, &g, &state, &Tensor::new(&[clip], dev)?, &h)?;
-                }
-                Ok((p, state))
-            };
-            let (cpu, dev) = (run_on(&Device::Cpu)?, run_on(device)?);
-            for (name, a, b) in [("parameter", &dev.0, &cpu.0), ("moments", &dev.1, &cpu.1)] {
-                let err = scaled_err(a, b)?;
-                let pass = err <= tolerance(dtype);
-                ok &= pass;
-                let verdict = if pass { "pass" } else { "FAIL" };
-                println!("| {n} | {dtype:?} | {name} | {err:.2e} | {:.0e} | {verdict} |", tolerance(dtype));
-            }
-        }
-    }
-    let shapes = losa_b16_shapes();
-    let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
-    let h = ops::AdamWStep { lr: 1e-3, weight_decay: 0.0, betas: [0.9, 0.999], eps: 1e-8, step: 3 };
-    let params = shapes
+/// Tensors of LoSA's B/16 shapes, seeded, in `dtype` on `device`.
+fn shaped(shapes: &[Vec<usize>], std: f64, seed: u64, dtype: DType, device: &Device) -> Result<Vec<Tensor>> {
+    shapes
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let p = seeded_normal(s.as_slice(), 1.0, i as u64, &Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .to_device(device)?;
-            let g = seeded_normal(s.as_slice(), 0.1, 500 + i as u64, &Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .to_device(device)?;
-            let state = Tensor::zeros((2, p.elem_count()), DType::F32, device)?;
-            Ok((Var::from_tensor(&p)?, g, state))
+            seeded_normal(s.as_slice(), std, seed + i as u64, &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)
         })
+        .collect()
+}
+
+/// The multi-tensor ops on `device` against the CPU: AdamW (parameters and moments after three
+/// steps, the second clipped; more tensors than one launch takes, of varied sizes and weight
+/// decays) and `cast_all` (between f32 and each other float type); then each timed over LoSA's
+/// B/16 parameters against one op per tensor.
+fn multi_tensor(device: &Device, runs: usize) -> Result<bool> {
+    let mut ok = true;
+    ops::poison_outputs(true);
+    // 61 tensors (two launches on CUDA) of 1 to 40 001 elements.
+    let shapes: Vec<Vec<usize>> = (0..61).map(|i| vec![if i == 7 { 40_001 } else { 1 + 37 * i }]).collect();
+    println!(
+        "
+# adamw_update on {device:?} against the CPU, {} tensors in one update, after 3 steps (error as above)",
+        shapes.len()
+    );
+    println!("| dtype | output | error | tolerance | result |");
+    println!("|---|---|---:|---:|---|");
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let run_on = |dev: &Device| -> Result<(Vec<Var>, Vec<Tensor>)> {
+            let params = shaped(&shapes, 1.0, 1, dtype, dev)?
+                .iter()
+                .map(Var::from_tensor)
+                .collect::<Result<Vec<_>>>()?;
+            let states = params
+                .iter()
+                .map(|p| Tensor::zeros((2, p.elem_count()), dtype, dev))
+                .collect::<Result<Vec<_>>>()?;
+            for (step, clip) in [(1u64, 1.0), (2, 0.7), (3, 1.0)] {
+                let grads = shaped(&shapes, 0.1, 100 * step, dtype, dev)?;
+                let h = ops::AdamWStep { lr: 1e-2, betas: [0.9, 0.999], eps: 1e-8, step };
+                let slots: Vec<_> = params
+                    .iter()
+                    .zip(&grads)
+                    .zip(&states)
+                    .enumerate()
+                    .map(|(i, ((p, grad), state))| ops::AdamWParam {
+                        param: p.as_tensor(),
+                        grad,
+                        state,
+                        weight_decay: if i % 2 == 0 { 0.05 } else { 0.0 },
+                    })
+                    .collect();
+                ops::adamw_update(&slots, &Tensor::new(&[clip], dev)?, &h)?;
+            }
+            Ok((params, states))
+        };
+        let (cpu, dev) = (run_on(&Device::Cpu)?, run_on(device)?);
+        let flat = |ts: Vec<Tensor>| -> Result<Tensor> {
+            let ts =
+                ts.iter().map(|t| t.flatten_all()?.to_device(&Device::Cpu)).collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&ts, 0)
+        };
+        let params = |vars: &[Var]| flat(vars.iter().map(|v| v.as_tensor().clone()).collect());
+        for (name, a, b) in
+            [("parameters", params(&dev.0)?, params(&cpu.0)?), ("moments", flat(dev.1)?, flat(cpu.1)?)]
+        {
+            let err = scaled_err(&a, &b)?;
+            let pass = err <= tolerance(dtype);
+            ok &= pass;
+            let verdict = if pass { "pass" } else { "FAIL" };
+            println!("| {dtype:?} | {name} | {err:.2e} | {:.0e} | {verdict} |", tolerance(dtype));
+        }
+    }
+    let losa = losa_b16_shapes();
+    println!(
+        "
+# cast_all on {device:?} against the CPU, LoSA's {} B/16 parameters in one call (exact: error 0)",
+        losa.len()
+    );
+    println!("| from | to | error | result |");
+    println!("|---|---|---:|---|");
+    let pairs =
+        [DType::BF16, DType::F16, DType::F64].into_iter().flat_map(|d| [(DType::F32, d), (d, DType::F32)]);
+    for (from, to) in pairs {
+        let host = shaped(&losa, 1.0, 1, from, &Device::Cpu)?;
+        let on_device = host.iter().map(|t| t.to_device(device)).collect::<Result<Vec<_>>>()?;
+        let (a, b) = (ops::cast_all(&on_device, to)?, ops::cast_all(&host, to)?);
+        let mut err = 0.0f64;
+        for (a, b) in a.iter().zip(&b) {
+            err = err.max(scaled_err(a, b)?);
+        }
+        ok &= err == 0.0;
+        println!("| {from:?} | {to:?} | {err:.2e} | {} |", if err == 0.0 { "pass" } else { "FAIL" });
+    }
+    ops::poison_outputs(false);
+
+    let total: usize = losa.iter().map(|s| s.iter().product::<usize>()).sum();
+    let h = ops::AdamWStep { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, step: 3 };
+    let params = shaped(&losa, 1.0, 1, DType::F32, device)?
+        .iter()
+        .map(Var::from_tensor)
         .collect::<Result<Vec<_>>>()?;
+    let grads = shaped(&losa, 0.1, 500, DType::F32, device)?;
+    let states = params
+        .iter()
+        .map(|p| Tensor::zeros((2, p.elem_count()), DType::F32, device))
+        .collect::<Result<Vec<_>>>()?;
+    let slots: Vec<_> = params
+        .iter()
+        .zip(&grads)
+        .zip(&states)
+        .map(|((p, grad), state)| ops::AdamWParam { param: p.as_tensor(), grad, state, weight_decay: 0.0 })
+        .collect();
     let clip = Tensor::new(&[1.0f64], device)?;
-    let fused = median_ms(device, runs, || {
-        params.iter().try_for_each(|(p, g, state)| ops::adamw_update(p.as_tensor(), g, state, &clip, &h))
-    })?;
+    let together = median_ms(device, runs, || ops::adamw_update(&slots, &clip, &h))?;
+    let each =
+        median_ms(device, runs, || slots.iter().try_for_each(|s| ops::adamw_update(&[*s], &clip, &h)))?;
     let composed = median_ms(device, runs, || {
-        params.iter().try_for_each(|(p, g, state)| {
-            let (m, v) = (state.get(0)?.reshape(p.shape())?, state.get(1)?.reshape(p.shape())?);
-            let [new, _, _] = adamw_composed(p.as_tensor(), g, Some((&m, &v)), &h)?;
+        params.iter().zip(&slots).try_for_each(|(p, s)| {
+            let (m, v) = (s.state.get(0)?.reshape(p.shape())?, s.state.get(1)?.reshape(p.shape())?);
+            let [new, _, _] = adamw_composed(p.as_tensor(), s.grad, (&m, &v), &h)?;
             p.set(&new)
         })
     })?;
+    let cast_together = median_ms(device, runs, || ops::cast_all(&grads, DType::BF16).map(|_| ()))?;
+    let cast_each =
+        median_ms(device, runs, || grads.iter().try_for_each(|g| g.to_dtype(DType::BF16).map(|_| ())))?;
     println!(
-        "\n# one AdamW step over LoSA's ViT-B/16 parameters ({} tensors, {total} f32 values), median of {runs} runs on {device:?} (ms)",
-        shapes.len()
+        "
+# over LoSA's ViT-B/16 parameters ({} tensors, {total} f32 values), median of {runs} runs on {device:?} (ms)",
+        losa.len()
     );
-    println!("| fused (adamw_update) | composed (candle ops) | composed / fused |");
-    println!("|---:|---:|---:|");
-    println!("| {fused:.3} | {composed:.3} | {:.2} |", composed / fused);
+    println!("| op | all in one call | one call per tensor | composed (candle ops) |");
+    println!("|---|---:|---:|---:|");
+    println!("| AdamW step (adamw_update) | {together:.3} | {each:.3} | {composed:.3} |");
+    println!("| f32 to bf16 (cast_all / to_dtype) | {cast_together:.3} | {cast_each:.3} | |");
     Ok(ok)
 }

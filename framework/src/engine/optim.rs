@@ -100,42 +100,49 @@ impl Optimizer {
             Some(max) => clip_factor(&grads, max, &device)?,
             None => Tensor::ones(1, DType::F64, &device)?,
         };
+        if matches!(self.kind, Kind::Adamw) {
+            return self.adamw_step(grads, &clip, lr);
+        }
         for (slot, grad) in self.slots.iter_mut().zip(grads) {
             let Some(g) = grad else { continue };
             let p = slot.var.as_tensor();
             let wd = if slot.decay { self.weight_decay } else { 0.0 };
-            match self.kind {
-                Kind::Adamw => {
-                    let state = match &slot.state {
-                        Some(state) => state.clone(),
-                        None => Tensor::zeros((2, p.elem_count()), p.dtype(), p.device())?,
-                    };
-                    let step = AdamWStep {
-                        lr,
-                        weight_decay: wd,
-                        betas: self.betas,
-                        eps: self.eps,
-                        step: self.steps,
-                    };
-                    ops::adamw_update(p, &g, &state, &clip.to_device(p.device())?, &step)?;
-                    slot.state = Some(state);
-                }
-                Kind::Sgd => {
-                    let g = match self.grad_clip {
-                        Some(_) => g.broadcast_mul(&clip.to_device(g.device())?.to_dtype(g.dtype())?)?,
-                        None => g,
-                    };
-                    let g = if wd > 0.0 { (g + (p * wd)?)? } else { g };
-                    let buf = match &slot.state {
-                        Some(b) => ((b * self.momentum)? + &g)?,
-                        None => g,
-                    };
-                    slot.var.set(&(p - (&buf * lr)?)?)?;
-                    slot.state = Some(buf);
-                }
-            }
+            let g = match self.grad_clip {
+                Some(_) => g.broadcast_mul(&clip.to_device(g.device())?.to_dtype(g.dtype())?)?,
+                None => g,
+            };
+            let g = if wd > 0.0 { (g + (p * wd)?)? } else { g };
+            let buf = match &slot.state {
+                Some(b) => ((b * self.momentum)? + &g)?,
+                None => g,
+            };
+            slot.var.set(&(p - (&buf * lr)?)?)?;
+            slot.state = Some(buf);
         }
         Ok(())
+    }
+
+    /// AdamW over every variable with a gradient, in one `ops::adamw_update` (a few launches on
+    /// CUDA for all of them).
+    fn adamw_step(&mut self, grads: Vec<Option<Tensor>>, clip: &Tensor, lr: f64) -> Result<()> {
+        let mut held = Vec::new();
+        for (slot, grad) in self.slots.iter_mut().zip(grads) {
+            let Some(g) = grad else { continue };
+            let p = slot.var.as_tensor();
+            let state = match &slot.state {
+                Some(state) => state.clone(),
+                None => Tensor::zeros((2, p.elem_count()), p.dtype(), p.device())?,
+            };
+            slot.state = Some(state.clone());
+            let wd = if slot.decay { self.weight_decay } else { 0.0 };
+            held.push((p.clone(), g, state, wd));
+        }
+        let params: Vec<ops::AdamWParam> = held
+            .iter()
+            .map(|(param, grad, state, wd)| ops::AdamWParam { param, grad, state, weight_decay: *wd })
+            .collect();
+        let step = AdamWStep { lr, betas: self.betas, eps: self.eps, step: self.steps };
+        ops::adamw_update(&params, clip, &step)
     }
 
     /// A copy of the optimiser's state in host memory as named tensors (for resuming a run): each

@@ -1,9 +1,10 @@
-//! AdamW's update of one parameter, in place, in two passes and with no allocation.
+//! AdamW's update of many parameters, in place and with no allocation.
 //!
 //! Composed from candle ops, one parameter's AdamW step is about fifteen ops, each a kernel launch
 //! and a fresh tensor; LoSA has some 130 small parameters, so a step of its optimiser is some 2000
 //! launches of kernels that each touch a few thousand elements — time spent launching, not
-//! computing. Here a step is two passes per parameter: the moments, then the parameter.
+//! computing. Here a step is one pass over each parameter (on the CPU, two: the moments, then the
+//! parameter), and on CUDA one launch serves up to 48 parameters (cuda.rs's multi-tensor table).
 
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, bail};
 use rayon::prelude::*;
@@ -14,13 +15,12 @@ const NAME: &str = "adamw_update";
 /// Elements per CPU task.
 const CHUNK: usize = 1 << 14;
 
-/// One AdamW step's settings (decoupled weight decay, as PyTorch's `AdamW`).
+/// One AdamW step's settings shared by its parameters (decoupled weight decay, as PyTorch's
+/// `AdamW`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWStep {
     /// Learning rate.
     pub lr: f64,
-    /// Weight decay of this parameter (0 for an exempt one).
-    pub weight_decay: f64,
     /// The moments' decay rates.
     pub betas: [f64; 2],
     /// Added to the second moment's root.
@@ -29,50 +29,91 @@ pub struct AdamWStep {
     pub step: u64,
 }
 
-/// One AdamW step of `param` for `grad`, in place: the moments `state` (`[2, n]`, the first then
-/// the second moment of `param`'s n elements, in its dtype; zeros before the first step), then
-/// `param`. The gradient is scaled by `clip`, a one-element f64 tensor on the same device (the
-/// gradient-norm clipping factor, 1 for none), read by the kernel so that nothing waits for it.
-/// Computes as the composition `m = m·β1 + g·(1 − β1)`, `v = v·β2 + g²·(1 − β2)`,
+/// One parameter of an AdamW step.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWParam<'a> {
+    /// Updated in place; contiguous.
+    pub param: &'a Tensor,
+    /// Its gradient, of its dtype and size.
+    pub grad: &'a Tensor,
+    /// Its moments, `[2, n]`: the first then the second moment of its n elements, in its dtype
+    /// (zeros before the first step); updated in place; contiguous.
+    pub state: &'a Tensor,
+    /// Its weight decay (0 for an exempt one).
+    pub weight_decay: f64,
+}
+
+/// One AdamW step of every parameter in `params` for its gradient, in place: its moments, then
+/// the parameter. Each gradient is scaled by `clip`, a one-element f64 tensor on the parameters'
+/// device (the gradient-norm clipping factor, 1 for none), read by the kernel so that nothing
+/// waits for it. Computes as the composition `m = m·β1 + g·(1 − β1)`, `v = v·β2 + g²·(1 − β2)`,
 /// `p = p·(1 − lr·wd) − m / (√v · (1/√(1 − β2ᵗ)) + eps) · lr/(1 − β1ᵗ)`, in the same order.
-pub fn adamw_update(
-    param: &Tensor,
-    grad: &Tensor,
-    state: &Tensor,
-    clip: &Tensor,
-    step: &AdamWStep,
-) -> Result<()> {
-    let n = param.elem_count();
-    if grad.elem_count() != n || state.dims() != [2, n] {
-        bail!(
-            "{NAME}: parameter {:?}, gradient {:?} and state {:?} (expected [2, {n}]) do not fit",
-            param.dims(),
-            grad.dims(),
-            state.dims()
-        );
-    }
-    if grad.dtype() != param.dtype() || state.dtype() != param.dtype() {
-        bail!("{NAME}: parameter, gradient and state of different dtypes");
-    }
+/// Parameters, gradients and moments must not share memory.
+pub fn adamw_update(params: &[AdamWParam<'_>], clip: &Tensor, step: &AdamWStep) -> Result<()> {
     if clip.dtype() != DType::F64 || clip.elem_count() != 1 {
         bail!("{NAME}: the clipping factor must be one f64");
-    }
-    if !param.is_contiguous() || !state.is_contiguous() {
-        bail!("{NAME}: parameter and state must be contiguous");
     }
     if step.step == 0 {
         bail!("{NAME}: steps count from 1");
     }
-    state.inplace_op3(&grad.contiguous()?, &clip.contiguous()?, &Moments { betas: step.betas })?;
+    for p in params {
+        check(p, clip)?;
+    }
     let t = step.step.min(i32::MAX as u64) as i32;
     let [b1, b2] = step.betas;
-    let update = Update {
-        decay: 1.0 - step.lr * step.weight_decay,
-        inv_root_bc2: 1.0 / (1.0 - b2.powi(t)).sqrt(),
-        eps: step.eps,
-        step_size: step.lr / (1.0 - b1.powi(t)),
-    };
-    param.inplace_op2(state, &update)
+    let inv_root_bc2 = 1.0 / (1.0 - b2.powi(t)).sqrt();
+    let step_size = step.lr / (1.0 - b1.powi(t));
+    let decay = |p: &AdamWParam| 1.0 - step.lr * p.weight_decay;
+    let grads = params.iter().map(|p| p.grad.contiguous()).collect::<Result<Vec<_>>>()?;
+    let clip = clip.contiguous()?;
+    #[cfg(feature = "cuda")]
+    if clip.device().is_cuda() {
+        // One multi-tensor pass per dtype (an optimiser's parameters share one in practice).
+        let mut dtypes: Vec<DType> = Vec::new();
+        for p in params.iter().filter(|p| !dtypes.contains(&p.param.dtype())).collect::<Vec<_>>() {
+            dtypes.push(p.param.dtype());
+        }
+        for dtype in dtypes {
+            let slots: Vec<_> = params
+                .iter()
+                .zip(&grads)
+                .filter(|(p, _)| p.param.dtype() == dtype)
+                .map(|(p, g)| (p.param, g, p.state, decay(p)))
+                .collect();
+            super::cuda::adamw_many(&slots, &clip, [b1, b2, inv_root_bc2, step.eps, step_size])?;
+        }
+        return Ok(());
+    }
+    for (p, g) in params.iter().zip(&grads) {
+        p.state.inplace_op3(g, &clip, &Moments { betas: step.betas })?;
+        let update = Update { decay: decay(p), inv_root_bc2, eps: step.eps, step_size };
+        p.param.inplace_op2(p.state, &update)?;
+    }
+    Ok(())
+}
+
+/// That `p` fits: sizes, dtypes, layouts and device.
+fn check(p: &AdamWParam, clip: &Tensor) -> Result<()> {
+    let n = p.param.elem_count();
+    if p.grad.elem_count() != n || p.state.dims() != [2, n] {
+        bail!(
+            "{NAME}: parameter {:?}, gradient {:?} and state {:?} (expected [2, {n}]) do not fit",
+            p.param.dims(),
+            p.grad.dims(),
+            p.state.dims()
+        );
+    }
+    if p.grad.dtype() != p.param.dtype() || p.state.dtype() != p.param.dtype() {
+        bail!("{NAME}: parameter, gradient and state of different dtypes");
+    }
+    if !p.param.is_contiguous() || !p.state.is_contiguous() {
+        bail!("{NAME}: parameter and state must be contiguous");
+    }
+    let same = |t: &Tensor| t.device().same_device(clip.device());
+    if !(same(p.param) && same(p.grad) && same(p.state)) {
+        bail!("{NAME}: parameters, gradients, moments and clipping factor on different devices");
+    }
+    Ok(())
 }
 
 /// `state ← (m·β1 + c·g·(1 − β1), v·β2 + (c·g)²·(1 − β2))`, c the clipping factor.
@@ -162,19 +203,6 @@ impl InplaceOp3 for Moments {
         dispatch_mut!(moments_cpu(self.betas, clip; state: ls, g: lg));
         Ok(())
     }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        state: &mut candle_core::CudaStorage,
-        ls: &Layout,
-        g: &candle_core::CudaStorage,
-        lg: &Layout,
-        clip: &candle_core::CudaStorage,
-        lc: &Layout,
-    ) -> Result<()> {
-        super::cuda::adamw_moments(state, ls, (g, lg), (clip, lc), self.betas)
-    }
 }
 
 impl InplaceOp2 for Update {
@@ -185,21 +213,5 @@ impl InplaceOp2 for Update {
     fn cpu_fwd(&self, p: &mut CpuStorage, lp: &Layout, state: &CpuStorage, ls: &Layout) -> Result<()> {
         dispatch_mut!(update_cpu(self; p: lp, state: ls));
         Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        p: &mut candle_core::CudaStorage,
-        lp: &Layout,
-        state: &candle_core::CudaStorage,
-        ls: &Layout,
-    ) -> Result<()> {
-        super::cuda::adamw_update(
-            p,
-            lp,
-            (state, ls),
-            [self.decay, self.inv_root_bc2, self.eps, self.step_size],
-        )
     }
 }

@@ -6,7 +6,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Result, Shape, WithDType, bail, builder_arg};
@@ -459,67 +459,206 @@ fn heads<T: Kern>(src: In, bias: Option<In>, dims: [usize; 5], split: bool) -> R
     Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))
 }
 
-/// The contiguous elements of an in-place op's destination.
-fn view_mut<'a, T: Kern>(s: &'a mut CudaStorage, l: &Layout) -> Result<CudaViewMut<'a, T>> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("losa ops: CUDA output must be contiguous")
+/// Tensors per launch of a multi-tensor kernel (kernels.cu's `MANY`): their device pointers
+/// travel in the kernel's parameters, 1.9 KB of the 4 KB that every card takes.
+const MANY: usize = 48;
+
+/// kernels.cu's `CastTable`.
+#[repr(C)]
+struct CastTable {
+    src: [u64; MANY],
+    ends: [u64; MANY],
+    count: i32,
+}
+
+/// kernels.cu's `AdamWTable`.
+#[repr(C)]
+struct AdamWTable {
+    p: [u64; MANY],
+    g: [u64; MANY],
+    state: [u64; MANY],
+    ends: [u64; MANY],
+    decay: [f64; MANY],
+    count: i32,
+}
+
+// SAFETY: both are `#[repr(C)]` copies of kernels.cu's structs (arrays of u64 and f64, then an
+// int), valid for any bits; the kernels read them as their `__grid_constant__` parameter.
+unsafe impl DeviceRepr for CastTable {}
+unsafe impl DeviceRepr for AdamWTable {}
+
+/// A tensor's storage, locked for reading while its device pointer is in use.
+type Locked<'a> = (candle_core::StorageRef<'a>, &'a Layout);
+
+/// `t`'s storage locked for reading, with its layout.
+fn lock(t: &candle_core::Tensor) -> Locked<'_> {
+    t.storage_and_layout()
+}
+
+/// The CUDA storage of a locked tensor.
+fn cuda_of<'a>((s, l): &'a Locked<'_>, op: &str) -> Result<In<'a>> {
+    match &**s {
+        candle_core::Storage::Cuda(s) => Ok((s, *l)),
+        _ => bail!("{op}: tensors on different devices"),
+    }
+}
+
+/// Ends (cumulative element counts) of `sizes`, checked against the kernels' 64-bit indices.
+fn ends(sizes: impl Iterator<Item = usize>) -> Vec<u64> {
+    sizes
+        .scan(0u64, |end, n| {
+            *end += n as u64;
+            Some(*end)
+        })
+        .collect()
+}
+
+/// The contiguous `tensors` (of dtype `S`, non-empty, on one CUDA device) cast to `D` and
+/// concatenated: one new buffer of their total size, one launch per `MANY` tensors.
+pub(crate) fn cast_many(tensors: &[&candle_core::Tensor], to: DType) -> Result<CudaStorage> {
+    let Some(first) = tensors.first() else { bail!("cast_all: no tensors") };
+    match (first.dtype(), to) {
+        (DType::F32, DType::BF16) => cast_group::<f32, half::bf16>(tensors),
+        (DType::F32, DType::F16) => cast_group::<f32, half::f16>(tensors),
+        (DType::F32, DType::F64) => cast_group::<f32, f64>(tensors),
+        (DType::BF16, DType::F32) => cast_group::<half::bf16, f32>(tensors),
+        (DType::F16, DType::F32) => cast_group::<half::f16, f32>(tensors),
+        (DType::F64, DType::F32) => cast_group::<f64, f32>(tensors),
+        (from, to) => bail!("cast_all: no CUDA kernel from {from:?} to {to:?}"),
+    }
+}
+
+fn cast_group<S: Kern, D: Kern>(tensors: &[&candle_core::Tensor]) -> Result<CudaStorage> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let locked: Vec<Locked> = tensors.iter().map(|t| lock(t)).collect();
+    let inputs = locked.iter().map(|l| cuda_of(l, "cast_all")).collect::<Result<Vec<_>>>()?;
+    let views = inputs.iter().map(|&i| view::<S>(i)).collect::<Result<Vec<_>>>()?;
+    let dev = &inputs[0].0.device;
+    let stream = dev.cuda_stream();
+    let ends = ends(views.iter().map(|v| v.len()));
+    let total = ends.last().copied().unwrap_or(0) as usize;
+    // SAFETY: the launches below write all `total` elements: launch c covers elements
+    // ends[c·MANY − 1] .. ends[(c + 1)·MANY − 1] of the concatenation, and together they cover it.
+    let out = unsafe { dev.alloc::<D>(total)? };
+    poison(dev, &out)?;
+    let func = dev.get_or_load_custom_func(
+        &format!("cast_many_{}_{}", S::DTYPE.as_str(), D::DTYPE.as_str()),
+        MODULE,
+        PTX,
+    )?;
+    for (c, chunk) in views.chunks(MANY).enumerate() {
+        let before = if c == 0 { 0 } else { ends[c * MANY - 1] };
+        let mut table = CastTable { src: [0; MANY], ends: [0; MANY], count: chunk.len() as i32 };
+        // Read access recorded until the launch is queued (a no-op without event tracking).
+        let mut reads = Vec::with_capacity(chunk.len());
+        for (k, v) in chunk.iter().enumerate() {
+            let (ptr, read) = v.device_ptr(&stream);
+            table.src[k] = ptr;
+            table.ends[k] = ends[c * MANY + k] - before;
+            reads.push(read);
+        }
+        let n = table.ends[chunk.len() - 1] as usize;
+        if n == 0 {
+            continue;
+        }
+        let dst = out.slice(before as usize..before as usize + n);
+        let mut args = func.builder();
+        args.arg(&table);
+        args.arg(&dst);
+        // SAFETY: the arguments match `cast_many_<from>_<to>(CastTable, D*)`; each table entry
+        // points at a live contiguous input of S (locked for reading until after the launch)
+        // holding its count of elements, and dst holds the chunk's n elements.
+        unsafe { args.launch(flat_config(n)) }.w()?;
+        drop(reads);
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
+
+/// One parameter of a multi-tensor AdamW step: parameter, gradient, moments `[2, n]`, and
+/// `1 − lr·weight_decay`.
+pub(crate) type AdamWSlot<'a> =
+    (&'a candle_core::Tensor, &'a candle_core::Tensor, &'a candle_core::Tensor, f64);
+
+/// AdamW in place for `slots` (contiguous, of one dtype, on `clip`'s CUDA device), one launch
+/// per `MANY` parameters; `h` = (β1, β2, 1/√(1 − β2ᵗ), eps, step size).
+pub(crate) fn adamw_many(slots: &[AdamWSlot], clip: &candle_core::Tensor, h: [f64; 5]) -> Result<()> {
+    let Some((p, ..)) = slots.first() else { return Ok(()) };
+    by_dtype!(p.dtype(), adamw_group(slots, clip, h))
+}
+
+fn adamw_group<T: Kern>(slots: &[AdamWSlot], clip: &candle_core::Tensor, h: [f64; 5]) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    const OP: &str = "adamw_update";
+    let locked: Vec<[Locked; 3]> = slots.iter().map(|(p, g, s, _)| [lock(p), lock(g), lock(s)]).collect();
+    let clip_locked = lock(clip);
+    let clip_in = cuda_of(&clip_locked, OP)?;
+    let clip_view = view::<f64>(clip_in)?;
+    let views = locked
+        .iter()
+        .map(|ls| {
+            let [p, g, s] = ls.each_ref().map(|l| cuda_of(l, OP));
+            Ok([view::<T>(p?)?, view::<T>(g?)?, view::<T>(s?)?])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dev = &clip_in.0.device;
+    let stream = dev.cuda_stream();
+    // The kernel writes the parameters and moments through pointers taken for reading: check
+    // that no two of them overlap and that no gradient overlaps one, which candle's in-place ops
+    // check on the CPU path.
+    let size = std::mem::size_of::<T>() as u64;
+    let range = |v: &CudaView<T>| {
+        let (ptr, _) = v.device_ptr(&stream);
+        (ptr, ptr + v.len() as u64 * size)
     };
-    Ok(s.as_cuda_slice_mut::<T>()?.slice_mut(start..end))
-}
-
-/// AdamW's moments in place: `state` holds the first then the second moment of `g`'s elements.
-pub(crate) fn adamw_moments(
-    state: &mut CudaStorage,
-    ls: &Layout,
-    g: In,
-    clip: In,
-    betas: [f64; 2],
-) -> Result<()> {
-    by_dtype!(g.0.dtype(), moments(state, ls, g, clip, betas))
-}
-
-fn moments<T: Kern>(state: &mut CudaStorage, ls: &Layout, g: In, clip: In, betas: [f64; 2]) -> Result<()> {
-    let dev = state.device.clone();
-    let n = g.1.shape().elem_count();
-    let (gv, cv) = (view::<T>(g)?, view::<f64>(clip)?);
-    let mut sv = view_mut::<T>(state, ls)?;
-    if n == 0 {
-        return Ok(());
+    let mut writes: Vec<(u64, u64)> = views.iter().flat_map(|[p, _, s]| [range(p), range(s)]).collect();
+    writes.sort_unstable();
+    let overlaps = |(a, b): (u64, u64)| {
+        let k = writes.partition_point(|w| w.1 <= a);
+        k < writes.len() && writes[k].0 < b
+    };
+    if writes.windows(2).any(|w| w[1].0 < w[0].1) || views.iter().any(|[_, g, _]| overlaps(range(g))) {
+        bail!("{OP}: parameters, gradients and moments must not share memory");
     }
-    let func = dev.get_or_load_custom_func(&kernel::<T>("adamw_moments"), MODULE, PTX)?;
-    let mut args = func.builder();
-    args.arg(&mut sv);
-    args.arg(&gv);
-    args.arg(&cv);
-    builder_arg!(args, n as u64, betas[0], betas[1]);
-    // SAFETY: the arguments match `adamw_moments_<dtype>(T*, const T*, const double*, uint64_t,
-    // double, double)`; state holds 2n elements, g n, clip one.
-    unsafe { args.launch(flat_config(n)) }.w()?;
-    Ok(())
-}
-
-/// AdamW's parameter update in place from the moments `state`; `h` = (decay, 1/√(1 − β2ᵗ), eps,
-/// step size).
-pub(crate) fn adamw_update(p: &mut CudaStorage, lp: &Layout, state: In, h: [f64; 4]) -> Result<()> {
-    by_dtype!(state.0.dtype(), update(p, lp, state, h))
-}
-
-fn update<T: Kern>(p: &mut CudaStorage, lp: &Layout, state: In, h: [f64; 4]) -> Result<()> {
-    let dev = p.device.clone();
-    let n = lp.shape().elem_count();
-    let sv = view::<T>(state)?;
-    let mut pv = view_mut::<T>(p, lp)?;
-    if n == 0 {
-        return Ok(());
+    let func = dev.get_or_load_custom_func(&kernel::<T>("adamw_many"), MODULE, PTX)?;
+    let sizes = ends(views.iter().map(|[p, ..]| p.len()));
+    for (c, (chunk, slots)) in views.chunks(MANY).zip(slots.chunks(MANY)).enumerate() {
+        let before = if c == 0 { 0 } else { sizes[c * MANY - 1] };
+        let mut table = AdamWTable {
+            p: [0; MANY],
+            g: [0; MANY],
+            state: [0; MANY],
+            ends: [0; MANY],
+            decay: [0.0; MANY],
+            count: chunk.len() as i32,
+        };
+        // Access recorded until the launch is queued (a no-op without event tracking).
+        let mut uses = Vec::with_capacity(3 * chunk.len());
+        for (k, ([p, g, s], slot)) in chunk.iter().zip(slots).enumerate() {
+            for (to, v) in [(&mut table.p[k], p), (&mut table.g[k], g), (&mut table.state[k], s)] {
+                let (ptr, used) = v.device_ptr(&stream);
+                *to = ptr;
+                uses.push(used);
+            }
+            table.ends[k] = sizes[c * MANY + k] - before;
+            table.decay[k] = slot.3;
+        }
+        let n = table.ends[chunk.len() - 1] as usize;
+        if n == 0 {
+            continue;
+        }
+        let mut args = func.builder();
+        args.arg(&table);
+        args.arg(&clip_view);
+        builder_arg!(args, h[0], h[1], h[2], h[3], h[4]);
+        // SAFETY: the arguments match `adamw_many_<dtype>(AdamWTable, const double*, double,
+        // double, double, double, double)`; each entry points at a live contiguous parameter and
+        // gradient of its count of elements and moments of twice that, all locked until after
+        // the launch; the kernel writes parameters and moments, which overlap neither each other
+        // nor a gradient (checked above), and candle's one stream orders this launch after every
+        // earlier use of them and before every later one.
+        unsafe { args.launch(flat_config(n)) }.w()?;
+        drop(uses);
     }
-    let func = dev.get_or_load_custom_func(&kernel::<T>("adamw_update"), MODULE, PTX)?;
-    let mut args = func.builder();
-    args.arg(&mut pv);
-    args.arg(&sv);
-    builder_arg!(args, n as u64, h[0], h[1], h[2], h[3]);
-    // SAFETY: the arguments match `adamw_update_<dtype>(T*, const T*, uint64_t, double, double,
-    // double, double)`; p holds n elements, state 2n.
-    unsafe { args.launch(flat_config(n)) }.w()?;
     Ok(())
 }
 

@@ -290,32 +290,86 @@ __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bi
   }
 }
 
-// AdamW, in place (ops/adamw.rs). state = [m (n), v (n)]; g scaled by clip[0]. The same
-// operations in the same order as the CPU path: m*b1 + g*(1-b1), v*b2 + (g*g)*(1-b2) (nvcc may
-// fuse a multiply and an add into one rounding, so not bit-identical to the CPU).
-template <typename T>
-__device__ void adamw_moments(T *state, const T *g, const double *clip, uint64_t n, double b1,
-                              double b2) {
-  typedef typename Acc<T>::type A;
-  const A c = A(clip[0]), B1 = A(b1), B2 = A(b2), C1 = A(1.0 - b1), C2 = A(1.0 - b2);
+// Multi-tensor kernels (ops/cast.rs, ops/adamw.rs): the device pointers of up to MANY tensors
+// travel in a table passed by value as a kernel parameter (no allocation, no copy to the device,
+// as PyTorch's multi_tensor_apply), so that one launch serves dozens of small tensors. LoSA has
+// 134 parameters of a few thousand elements; one launch per tensor cost more than their work.
+// ends[k] counts the elements of tensors 0..=k: element i of the tensors' concatenation is
+// element i - ends[k - 1] of the first tensor k with i < ends[k]. The table is a grid constant,
+// so the kernels index it at run time without copying it into each thread's local memory.
+#define MANY 48
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 700
+#define GRID_CONST
+#else
+#define GRID_CONST __grid_constant__
+#endif
+
+__device__ __forceinline__ int tensor_of(const uint64_t *ends, int count, uint64_t i) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (i < ends[mid])
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+struct CastTable {
+  uint64_t src[MANY], ends[MANY];
+  int count;
+};
+
+// One rounding, as candle's CPU casts (round to nearest even).
+__device__ __forceinline__ void cvt(float v, __nv_bfloat16 *d) { *d = __float2bfloat16(v); }
+__device__ __forceinline__ void cvt(float v, __half *d) { *d = __float2half(v); }
+__device__ __forceinline__ void cvt(float v, double *d) { *d = double(v); }
+__device__ __forceinline__ void cvt(__nv_bfloat16 v, float *d) { *d = __bfloat162float(v); }
+__device__ __forceinline__ void cvt(__half v, float *d) { *d = __half2float(v); }
+__device__ __forceinline__ void cvt(double v, float *d) { *d = float(v); }
+
+// The table's tensors (of type S) cast to D, concatenated into out.
+template <typename S, typename D> __device__ void cast_many(const CastTable &t, D *out) {
+  const uint64_t n = t.ends[t.count - 1];
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)gridDim.x * blockDim.x) {
-    const A gi = ld(g[i]) * c;
-    st(&state[i], ld(state[i]) * B1 + gi * C1);
-    st(&state[n + i], ld(state[n + i]) * B2 + gi * gi * C2);
+    const int k = tensor_of(t.ends, t.count, i);
+    const uint64_t start = k ? t.ends[k - 1] : 0;
+    cvt(reinterpret_cast<const S *>(t.src[k])[i - start], &out[i]);
   }
 }
 
-// p = p*decay - m / (sqrt(v)*inv_root_bc2 + eps) * step_size.
+struct AdamWTable {
+  uint64_t p[MANY], g[MANY], state[MANY], ends[MANY];
+  double decay[MANY];
+  int count;
+};
+
+// AdamW in place for the table's parameters (ops/adamw.rs), one pass: state = [m (n), v (n)],
+// g scaled by clip[0]; m = m*b1 + g*(1-b1), v = v*b2 + (g*g)*(1-b2), each rounded to T, then
+// p = p*decay - m / (sqrt(v)*inv_root_bc2 + eps) * step_size: the operations of the CPU path in
+// its order (nvcc may fuse a multiply and an add into one rounding, so not bit-identical to it).
 template <typename T>
-__device__ void adamw_update(T *p, const T *state, uint64_t n, double decay, double inv_root_bc2,
-                             double eps, double step_size) {
+__device__ void adamw_many(const AdamWTable &t, const double *clip, double b1, double b2,
+                           double inv_root_bc2, double eps, double step_size) {
   typedef typename Acc<T>::type A;
-  const A D = A(decay), I = A(inv_root_bc2), E = A(eps), S = A(step_size);
-  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+  const A c = A(clip[0]), B1 = A(b1), B2 = A(b2), C1 = A(1.0 - b1), C2 = A(1.0 - b2);
+  const A I = A(inv_root_bc2), E = A(eps), S = A(step_size);
+  const uint64_t total = t.ends[t.count - 1];
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total;
        i += (uint64_t)gridDim.x * blockDim.x) {
-    const A denom = sqrt_(ld(state[n + i])) * I + E;
-    st(&p[i], ld(p[i]) * D - ld(state[i]) / denom * S);
+    const int k = tensor_of(t.ends, t.count, i);
+    const uint64_t start = k ? t.ends[k - 1] : 0, n = t.ends[k] - start, j = i - start;
+    T *p = reinterpret_cast<T *>(t.p[k]), *s = reinterpret_cast<T *>(t.state[k]);
+    const A gi = ld(reinterpret_cast<const T *>(t.g[k])[j]) * c;
+    T m, v;
+    st(&m, ld(s[j]) * B1 + gi * C1);
+    st(&v, ld(s[n + j]) * B2 + gi * gi * C2);
+    s[j] = m;
+    s[n + j] = v;
+    const A denom = sqrt_(ld(v)) * I + E;
+    st(&p[j], ld(p[j]) * A(t.decay[k]) - ld(m) / denom * S);
   }
 }
 
@@ -483,13 +537,10 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                               int has_minus, int has_bias) {                       \
     residual_fwd<T>(a, m, minus, bias, out, n, d, has_minus, has_bias);                            \
   }                                                                                                \
-  extern "C" __global__ void adamw_moments_##S(T *state, const T *g, const double *clip,          \
-                                               uint64_t n, double b1, double b2) {                 \
-    adamw_moments<T>(state, g, clip, n, b1, b2);                                                   \
-  }                                                                                                \
-  extern "C" __global__ void adamw_update_##S(T *p, const T *state, uint64_t n, double decay,      \
-                                              double inv_root_bc2, double eps, double step_size) { \
-    adamw_update<T>(p, state, n, decay, inv_root_bc2, eps, step_size);                             \
+  extern "C" __global__ void adamw_many_##S(const GRID_CONST AdamWTable t, const double *clip,     \
+                                            double b1, double b2, double inv_root_bc2, double eps, \
+                                            double step_size) {                                    \
+    adamw_many<T>(t, clip, b1, b2, inv_root_bc2, eps, step_size);                                  \
   }                                                                                                \
   extern "C" __global__ void column_sums_##S(const T *x, typename Acc<T>::type *partial, int rows, \
                                              int cols, int per) {                                  \
@@ -513,6 +564,17 @@ LOSA_OPS(float, f32)
 LOSA_OPS(double, f64)
 LOSA_OPS(__half, f16)
 LOSA_OPS(__nv_bfloat16, bf16)
+
+#define CAST_MANY(S, D, SN, DN)                                                                     \
+  extern "C" __global__ void cast_many_##SN##_##DN(const GRID_CONST CastTable t, D *out) {          \
+    cast_many<S, D>(t, out);                                                                       \
+  }
+CAST_MANY(float, __nv_bfloat16, f32, bf16)
+CAST_MANY(float, __half, f32, f16)
+CAST_MANY(float, double, f32, f64)
+CAST_MANY(__nv_bfloat16, float, bf16, f32)
+CAST_MANY(__half, float, f16, f32)
+CAST_MANY(double, float, f64, f32)
 
 // Fills n bytes with 0xFF: NaN in every float type (ops::poison_outputs, a checking aid).
 extern "C" __global__ void poison_bytes(unsigned char *p, uint64_t n) {

@@ -12,8 +12,8 @@
 //! residual sums with their bias), `residual` (no graph), and `side_update`, one LoSA side block as
 //! a single op with a hand-written backward (see side.rs), which hands its parameters' gradients over
 //! through a `GradSink` (grad_sink.rs); `adamw_update`, the optimiser's step for
-//! one parameter, in place; and, inside the backward passes, one-pass column sums for bias
-//! gradients (column_sums.rs).
+//! many parameters, in place; `cast_all`, many small tensors cast at once; and, inside the
+//! backward passes, one-pass column sums for bias gradients (column_sums.rs).
 //!
 //! Every op takes f32, f64, f16 and bf16 and computes in f32 (f64 for f64), rounding once at the
 //! end; its backward is built from these ops and cheap primitives (sums), so gradients of
@@ -23,6 +23,7 @@ mod adamw;
 mod bias_gelu;
 #[cfg(test)]
 mod block_tests;
+mod cast;
 mod column_sums;
 mod cpu;
 #[cfg(feature = "cuda")]
@@ -40,8 +41,9 @@ mod softmax;
 #[cfg(test)]
 mod tests;
 
-pub use adamw::{AdamWStep, adamw_update};
+pub use adamw::{AdamWParam, AdamWStep, adamw_update};
 pub use bias_gelu::bias_gelu;
+pub use cast::cast_all;
 #[cfg(feature = "cuda")]
 pub(crate) use cuda::prepare as prepare_cuda;
 pub use grad_sink::GradSink;

@@ -25,7 +25,7 @@ use super::GradSink;
 use super::bias_gelu::bias_gelu_dx;
 use super::layer_norm::{layer_norm_dparams, layer_norm_dx};
 use super::residual::{residual, residual_storage};
-use super::{bias_gelu, layer_norm, sum_along};
+use super::{bias_gelu, cast_all, layer_norm, sum_along};
 use crate::recipe::Mixer;
 use crate::vit::Linear;
 
@@ -56,23 +56,25 @@ impl LowRankMix {
         norm.chain([&self.down, &self.down_bias, &self.up]).chain(&self.up_bias).collect()
     }
 
-    /// This mixer detached, its parameters and mask in `dtype` (the block's compute dtype; f32
-    /// master weights are cast once per call, as autocast casts them).
-    fn cast(&self, dtype: DType) -> Result<Self> {
-        let c = |t: &Tensor| t.detach().to_dtype(dtype);
+    /// Its parameters and mask, in [`LowRankMix::params`] order then the mask.
+    fn tensors(&self) -> Vec<&Tensor> {
+        let mut all = self.params();
+        all.extend(&self.mask);
+        all
+    }
+
+    /// This mixer with `tensors` (from [`LowRankMix::tensors`], cast) in place of its own.
+    fn with(&self, tensors: &mut impl Iterator<Item = Tensor>) -> Result<Self> {
+        let mut next =
+            || tensors.next().ok_or_else(|| candle_core::Error::Msg("side_update: too few".into()));
         let norm = match &self.norm {
-            Some((w, b)) => Some((c(w)?, c(b)?)),
+            Some(_) => Some((next()?, next()?)),
             None => None,
         };
-        Ok(Self {
-            axis: self.axis,
-            norm,
-            down: c(&self.down)?,
-            down_bias: c(&self.down_bias)?,
-            up: c(&self.up)?,
-            up_bias: self.up_bias.as_ref().map(c).transpose()?,
-            mask: self.mask.as_ref().map(c).transpose()?,
-        })
+        let (down, down_bias, up) = (next()?, next()?, next()?);
+        let up_bias = self.up_bias.as_ref().map(|_| next()).transpose()?;
+        let mask = self.mask.as_ref().map(|_| next()).transpose()?;
+        Ok(Self { axis: self.axis, norm, down, down_bias, up, up_bias, mask })
     }
 
     /// `LN(h)`, or `h` with no norm.
@@ -152,7 +154,11 @@ pub fn side_update(
     if params.iter().any(|p| p.track_op() && !p.is_variable()) {
         bail!("side_update: a parameter computed from a variable; pass the variable itself");
     }
-    let mixers: Vec<LowRankMix> = mixers.iter().map(|m| m.cast(y.dtype())).collect::<Result<_>>()?;
+    // Detached, in the block's dtype (f32 master weights cast once per call, as autocast casts
+    // them), all in one multi-tensor cast.
+    let all: Vec<Tensor> = mixers.iter().flat_map(LowRankMix::tensors).cloned().collect();
+    let mut cast = cast_all(&all, y.dtype())?.into_iter();
+    let mixers: Vec<LowRankMix> = mixers.iter().map(|m| m.with(&mut cast)).collect::<Result<_>>()?;
     let features = b.detach().contiguous()?;
     let mut h = residual(&features, &y.detach(), None, None)?;
     let (mut inputs, mut pres, mut acts, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);
@@ -320,9 +326,25 @@ impl CustomOp2 for SideUpdate {
                 dh = input;
             }
         }
-        let grads = per_mixer.into_iter().rev().flatten();
-        for (p, g) in self.params.iter().zip(grads).filter(|(p, _)| p.track_op()) {
-            self.sink.put(p, g.to_dtype(p.dtype())?)?;
+        // Each variable's gradient in its own dtype, cast together (one launch on CUDA).
+        let grads: Vec<(&Tensor, Tensor)> = self
+            .params
+            .iter()
+            .zip(per_mixer.into_iter().rev().flatten())
+            .filter(|(p, _)| p.track_op())
+            .collect();
+        let mut dtypes: Vec<DType> = Vec::new();
+        for (p, _) in &grads {
+            if !dtypes.contains(&p.dtype()) {
+                dtypes.push(p.dtype());
+            }
+        }
+        for dtype in dtypes {
+            let (params, group): (Vec<&Tensor>, Vec<Tensor>) =
+                grads.iter().filter(|(p, _)| p.dtype() == dtype).map(|(p, g)| (*p, g.clone())).unzip();
+            for (p, g) in params.into_iter().zip(cast_all(&group, dtype)?) {
+                self.sink.put(p, g)?;
+            }
         }
         Ok((y.track_op().then_some(dh), None))
     }

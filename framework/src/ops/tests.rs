@@ -249,6 +249,7 @@ fn adamw_unfused(
     g: &Tensor,
     mv: Option<(&Tensor, &Tensor)>,
     h: &super::AdamWStep,
+    weight_decay: f64,
     clip: f64,
 ) -> [Tensor; 3] {
     let [b1, b2] = h.betas;
@@ -262,30 +263,57 @@ fn adamw_unfused(
     };
     let t = h.step as i32;
     let denom = ((v.sqrt().unwrap() / (1.0 - b2.powi(t)).sqrt()).unwrap() + h.eps).unwrap();
-    let decayed = (p * (1.0 - h.lr * h.weight_decay)).unwrap();
+    let decayed = (p * (1.0 - h.lr * weight_decay)).unwrap();
     let p = (decayed - ((&m / denom).unwrap() * (h.lr / (1.0 - b1.powi(t)))).unwrap()).unwrap();
     [p, m, v]
 }
 
 #[test]
 fn adamw_update_matches_the_composition_exactly_in_place() {
-    // More elements than one CPU task takes, odd, so the chunks end mid-way.
-    let n = 40_001;
-    for dtype in [DType::F32, DType::F64] {
-        let p = Var::from_tensor(&normal(&[n], 1.0, 1).to_dtype(dtype).unwrap()).unwrap();
-        let mut reference = (p.as_tensor().copy().unwrap(), None::<(Tensor, Tensor)>);
-        let state = Tensor::zeros((2, n), dtype, &Device::Cpu).unwrap();
-        for (step, clip) in [(1u64, 1.0), (2, 0.7), (3, 1.0)] {
-            let g = (normal(&[n], 0.1, 10 + step) + 0.01).unwrap().to_dtype(dtype).unwrap();
-            let h = super::AdamWStep { lr: 1e-2, weight_decay: 0.05, betas: [0.9, 0.999], eps: 1e-8, step };
-            let clip_t = Tensor::new(&[clip], &Device::Cpu).unwrap();
-            super::adamw_update(p.as_tensor(), &g, &state, &clip_t, &h).unwrap();
-            let mv = reference.1.as_ref().map(|(m, v)| (m, v));
-            let [rp, rm, rv] = adamw_unfused(&reference.0, &g, mv, &h, clip);
-            assert_eq!(values(p.as_tensor()), values(&rp), "{dtype:?} step {step}: parameter");
-            assert_eq!(values(&state.get(0).unwrap()), values(&rm), "{dtype:?} step {step}: first moment");
-            assert_eq!(values(&state.get(1).unwrap()), values(&rv), "{dtype:?} step {step}: second moment");
-            reference = (rp, Some((rm, rv)));
+    // Parameters of two dtypes and two weight decays in one update; 40 001 elements is more than
+    // one CPU task takes, and odd, so the chunks end mid-way.
+    let specs =
+        [(40_001, DType::F32, 0.05), (7, DType::F64, 0.0), (40_001, DType::F64, 0.05), (3, DType::F32, 0.0)];
+    let params: Vec<_> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, &(n, dtype, _))| {
+            let p = Var::from_tensor(&normal(&[n], 1.0, 1 + i as u64).to_dtype(dtype).unwrap()).unwrap();
+            let state = Tensor::zeros((2, n), dtype, &Device::Cpu).unwrap();
+            (p.as_tensor().copy().unwrap(), p, state)
+        })
+        .collect();
+    let mut reference: Vec<(Tensor, Option<(Tensor, Tensor)>)> =
+        params.iter().map(|(p0, ..)| (p0.clone(), None)).collect();
+    for (step, clip) in [(1u64, 1.0), (2, 0.7), (3, 1.0)] {
+        let grads: Vec<Tensor> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(n, dtype, _))| {
+                (normal(&[n], 0.1, 10 * step + i as u64) + 0.01).unwrap().to_dtype(dtype).unwrap()
+            })
+            .collect();
+        let h = super::AdamWStep { lr: 1e-2, betas: [0.9, 0.999], eps: 1e-8, step };
+        let slots: Vec<_> = params
+            .iter()
+            .zip(&grads)
+            .zip(&specs)
+            .map(|(((_, p, state), grad), &(.., weight_decay))| super::AdamWParam {
+                param: p.as_tensor(),
+                grad,
+                state,
+                weight_decay,
+            })
+            .collect();
+        super::adamw_update(&slots, &Tensor::new(&[clip], &Device::Cpu).unwrap(), &h).unwrap();
+        for (k, (((_, p, state), g), &(_, dtype, wd))) in params.iter().zip(&grads).zip(&specs).enumerate() {
+            let (r, mv) = &reference[k];
+            let [rp, rm, rv] = adamw_unfused(r, g, mv.as_ref().map(|(m, v)| (m, v)), &h, wd, clip);
+            let at = format!("parameter {k} ({dtype:?}) step {step}");
+            assert_eq!(values(p.as_tensor()), values(&rp), "{at}: parameter");
+            assert_eq!(values(&state.get(0).unwrap()), values(&rm), "{at}: first moment");
+            assert_eq!(values(&state.get(1).unwrap()), values(&rv), "{at}: second moment");
+            reference[k] = (rp, Some((rm, rv)));
         }
     }
 }
@@ -293,21 +321,48 @@ fn adamw_update_matches_the_composition_exactly_in_place() {
 #[test]
 fn adamw_update_refuses_what_does_not_fit() {
     let p = Tensor::zeros(6, DType::F32, &Device::Cpu).unwrap();
-    let h = super::AdamWStep { lr: 1e-2, weight_decay: 0.0, betas: [0.9, 0.999], eps: 1e-8, step: 1 };
+    let h = super::AdamWStep { lr: 1e-2, betas: [0.9, 0.999], eps: 1e-8, step: 1 };
     let one = Tensor::new(&[1.0f64], &Device::Cpu).unwrap();
     let state = Tensor::zeros((2, 6), DType::F32, &Device::Cpu).unwrap();
+    // A parameter that fits goes first: the checks must come before any update.
+    let (q, q_state) = (p.copy().unwrap(), state.copy().unwrap());
+    let update = |g: &Tensor, st: &Tensor, clip: &Tensor, h: &super::AdamWStep| {
+        let fits = super::AdamWParam { param: &q, grad: &q, state: &q_state, weight_decay: 0.0 };
+        let slot = super::AdamWParam { param: &p, grad: g, state: st, weight_decay: 0.0 };
+        super::adamw_update(&[fits, slot], clip, h).unwrap_err().to_string()
+    };
     let cases = [
         (Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap(), state.clone(), one.clone(), "do not fit"),
         (p.clone(), Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap(), one.clone(), "do not fit"),
         (p.to_dtype(DType::F64).unwrap(), state.clone(), one.clone(), "different dtypes"),
+        (p.clone(), state.t().unwrap().contiguous().unwrap().t().unwrap(), one.clone(), "contiguous"),
         (p.clone(), state.clone(), one.to_dtype(DType::F32).unwrap(), "one f64"),
     ];
     for (g, state, clip, fragment) in cases {
-        let err = super::adamw_update(&p, &g, &state, &clip, &h).unwrap_err().to_string();
+        let err = update(&g, &state, &clip, &h);
         assert!(err.contains(fragment), "{err}");
     }
-    let err = super::adamw_update(&p, &p, &state, &one, &super::AdamWStep { step: 0, ..h }).unwrap_err();
-    assert!(err.to_string().contains("from 1"), "{err}");
+    let err = update(&p, &state, &one, &super::AdamWStep { step: 0, ..h });
+    assert!(err.contains("from 1"), "{err}");
+    assert_eq!(values(&q_state), vec![0.0; 12], "nothing is updated when a parameter does not fit");
+}
+
+/// `cast_all` gives what candle's cast of each tensor gives, detached, and leaves tensors already
+/// in the dtype as they are.
+#[test]
+fn cast_all_casts_each_tensor_as_candle_does() {
+    let var = Var::from_tensor(&normal(&[3, 5], 1.0, 1)).unwrap();
+    let tensors =
+        [var.as_tensor().clone(), normal(&[7], 1.0, 2).to_dtype(DType::F64).unwrap(), normal(&[0], 1.0, 3)];
+    for dtype in [DType::BF16, DType::F16, DType::F32, DType::F64] {
+        let cast = super::cast_all(&tensors, dtype).unwrap();
+        for (t, c) in tensors.iter().zip(&cast) {
+            assert_eq!((c.dtype(), c.dims()), (dtype, t.dims()));
+            assert!(!c.track_op(), "a cast result must be detached");
+            let expected = t.to_dtype(dtype).unwrap();
+            assert_eq!(values(c), values(&expected), "{:?} to {dtype:?}", t.dtype());
+        }
+    }
 }
 
 /// Bias gradients (`sum_along`) against f64 sums of the same (rounded) values: the one-pass column
