@@ -422,6 +422,9 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::LayerNorm, vec![64, 197, 768]),
         (Op::LayerNorm, vec![64, 197, 192]),
         (Op::LayerNorm, vec![3, 5, 50]),
+        // The widest rows of the vector path (ViT-H's 1280) and, past it, the element path.
+        (Op::LayerNorm, vec![2, 5, 1280]),
+        (Op::LayerNorm, vec![2, 5, 1288]),
         (Op::BiasGelu(2), vec![64, 197, 8]),
         (Op::BiasGelu(1), vec![64, 8, 768]),
         (Op::BiasGelu(1), vec![7, 5, 3]),

@@ -135,17 +135,84 @@ __device__ void warp_row_stats(const T *x, int d, double eps, int lane, A *mean,
   *rstd = A(1) / sqrt_(warp_sum(s2) / A(d) + A(eps));
 }
 
+// The LayerNorms' vector path: a warp's row held in its lanes' registers, LN_LANE_ELEMS elements
+// per lane at most (widths up to 1280, ViT-H's, whole), loaded 16 bytes at a time, so the row
+// is read from memory once however many passes the statistics take (the element path reads
+// 2-byte values one at a time, and each row three times). For f32, f16 and bf16 (an f64 row
+// would take twice the registers), rows that split into whole vectors, and aligned pointers;
+// otherwise the element path.
+#define LN_LANE_ELEMS 40
+template <typename T> struct RowVecs {
+  static constexpr int V = VecOf<T>::n, K = LN_LANE_ELEMS / V;
+  typename VecOf<T>::type v[K];
+};
+
+// Whether a row of width d takes the vector path (uniform across the launch: the pointers are
+// those of row 0 and every row starts a whole number of vectors further on).
+template <typename T> __device__ __forceinline__ bool row_vectors(int d) {
+  return sizeof(T) <= 4 && d % RowVecs<T>::V == 0 && d / RowVecs<T>::V <= 32 * RowVecs<T>::K;
+}
+
+// Lane `lane`'s vectors of a row of nv vectors: vector k of the lane is the row's lane + 32 k.
+template <typename T> __device__ __forceinline__ void load_row(const T *x, int nv, int lane, RowVecs<T> &r) {
+#pragma unroll
+  for (int k = 0; k < RowVecs<T>::K; ++k)
+    if (lane + 32 * k < nv) r.v[k] = vload(x + (size_t)(lane + 32 * k) * RowVecs<T>::V);
+}
+
+// Mean and 1/std of a row held by the warp's lanes (as `warp_row_stats`, summed in another order).
+template <typename T, typename A>
+__device__ void vec_row_stats(const RowVecs<T> &r, int nv, int d, double eps, int lane, A *mean, A *rstd) {
+  constexpr int V = RowVecs<T>::V;
+  A s = 0;
+#pragma unroll
+  for (int k = 0; k < RowVecs<T>::K; ++k)
+    if (lane + 32 * k < nv)
+#pragma unroll
+      for (int e = 0; e < V; ++e) s += ld(r.v[k].v[e]);
+  const A m = warp_sum(s) / A(d);
+  A s2 = 0;
+#pragma unroll
+  for (int k = 0; k < RowVecs<T>::K; ++k)
+    if (lane + 32 * k < nv)
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const A c = ld(r.v[k].v[e]) - m;
+        s2 += c * c;
+      }
+  *mean = m;
+  *rstd = A(1) / sqrt_(warp_sum(s2) / A(d) + A(eps));
+}
+
 // One warp per row (no block barriers: a row of a ViT's width is a few dozen elements per lane,
 // and a block per row spent most of its time waiting at the reductions' barriers):
 // y = (x - mean) / std * w + b. A warp past the last row returns as a whole.
 template <typename T>
 __device__ void layer_norm_fwd(const T *x, const T *w, const T *b, T *y, int rows, int d, double eps) {
   typedef typename Acc<T>::type A;
+  constexpr int V = RowVecs<T>::V;
   const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (row >= rows) return;
   x += (size_t)row * d;
   y += (size_t)row * d;
   A mean, rstd;
+  if (row_vectors<T>(d) && aligned(x) && aligned(w) && aligned(b) && aligned(y)) {
+    const int nv = d / V;
+    RowVecs<T> r;
+    load_row(x, nv, lane, r);
+    vec_row_stats(r, nv, d, eps, lane, &mean, &rstd);
+#pragma unroll
+    for (int k = 0; k < RowVecs<T>::K; ++k) {
+      const int j = (lane + 32 * k) * V;
+      if (lane + 32 * k >= nv) continue;
+      const auto wv = vload(w + j), bv = vload(b + j);
+      typename VecOf<T>::type o;
+#pragma unroll
+      for (int e = 0; e < V; ++e) st(&o.v[e], (ld(r.v[k].v[e]) - mean) * rstd * ld(wv.v[e]) + ld(bv.v[e]));
+      vstore(y + j, o);
+    }
+    return;
+  }
   warp_row_stats(x, d, eps, lane, &mean, &rstd);
   for (int j = lane; j < d; j += 32) st(&y[j], (ld(x[j]) - mean) * rstd * ld(w[j]) + ld(b[j]));
 }
@@ -155,6 +222,7 @@ template <typename T>
 __device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, const T *add, T *dx, int rows, int d,
                                  double eps, int has_add) {
   typedef typename Acc<T>::type A;
+  constexpr int V = RowVecs<T>::V;
   const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (row >= rows) return;
   x += (size_t)row * d;
@@ -162,6 +230,43 @@ __device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, const T *ad
   add += (size_t)row * d;
   dx += (size_t)row * d;
   A mean, rstd;
+  if (row_vectors<T>(d) && aligned(x) && aligned(w) && aligned(g) && aligned(add) && aligned(dx)) {
+    const int nv = d / V;
+    RowVecs<T> rx, rg;
+    load_row(x, nv, lane, rx);
+    load_row(g, nv, lane, rg);
+    vec_row_stats(rx, nv, d, eps, lane, &mean, &rstd);
+    A s1 = 0, s2 = 0;
+#pragma unroll
+    for (int k = 0; k < RowVecs<T>::K; ++k) {
+      if (lane + 32 * k >= nv) continue;
+      const auto wv = vload(w + (lane + 32 * k) * V);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const A gw = ld(rg.v[k].v[e]) * ld(wv.v[e]);
+        s1 += gw;
+        s2 += gw * (ld(rx.v[k].v[e]) - mean) * rstd;
+      }
+    }
+    const A m1 = warp_sum(s1) / A(d);
+    const A m2 = warp_sum(s2) / A(d);
+#pragma unroll
+    for (int k = 0; k < RowVecs<T>::K; ++k) {
+      const int j = (lane + 32 * k) * V;
+      if (lane + 32 * k >= nv) continue;
+      const auto wv = vload(w + j);
+      typename VecOf<T>::type av, o;
+      if (has_add) av = vload(add + j);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const A xhat = (ld(rx.v[k].v[e]) - mean) * rstd;
+        const A v = rstd * (ld(rg.v[k].v[e]) * ld(wv.v[e]) - m1 - xhat * m2);
+        st(&o.v[e], has_add ? v + ld(av.v[e]) : v);
+      }
+      vstore(dx + j, o);
+    }
+    return;
+  }
   warp_row_stats(x, d, eps, lane, &mean, &rstd);
   A s1 = 0, s2 = 0;
   for (int j = lane; j < d; j += 32) {
@@ -298,11 +403,6 @@ __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bi
 // element i - ends[k - 1] of the first tensor k with i < ends[k]. The table is a grid constant,
 // so the kernels index it at run time without copying it into each thread's local memory.
 #define MANY 48
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 700
-#define GRID_CONST
-#else
-#define GRID_CONST __grid_constant__
-#endif
 
 __device__ __forceinline__ int tensor_of(const uint64_t *ends, int count, uint64_t i) {
   int lo = 0, hi = count - 1;
@@ -509,7 +609,7 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
   }
 }
 
-#define LOSA_OPS(T, S)                                                                              \
+#define LOSA_OPS(T, S)                                                                             \
   extern "C" __global__ void layer_norm_fwd_##S(const T *x, const T *w, const T *b, T *y, int rows,  \
                                                 int d, double eps) {                               \
     layer_norm_fwd<T>(x, w, b, y, rows, d, eps);                                                   \
@@ -519,16 +619,16 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                                   int has_add) {                                   \
     layer_norm_bwd_x<T>(x, w, g, add, dx, rows, d, eps, has_add);                                  \
   }                                                                                                \
-  extern "C" __global__ void layer_norm_bwd_params_##S(const T *x, const T *g,                      \
+  extern "C" __global__ void layer_norm_bwd_params_##S(const T *x, const T *g,                     \
                                                        Acc<T>::type *partial, int rows, int per,   \
                                                        int d, double eps) {                        \
     layer_norm_bwd_params<T>(x, g, partial, rows, per, d, eps);                                    \
   }                                                                                                \
-  extern "C" __global__ void bias_gelu_fwd_##S(const T *x, const T *bias, T *y, uint64_t n,         \
+  extern "C" __global__ void bias_gelu_fwd_##S(const T *x, const T *bias, T *y, uint64_t n,        \
                                                FastDiv channels, FastDiv inner) {                  \
     bias_gelu_fwd<T>(x, bias, y, n, channels, inner);                                              \
   }                                                                                                \
-  extern "C" __global__ void bias_gelu_bwd_##S(const T *x, const T *bias, const T *g, T *dx,        \
+  extern "C" __global__ void bias_gelu_bwd_##S(const T *x, const T *bias, const T *g, T *dx,       \
                                                uint64_t n, FastDiv channels, FastDiv inner) {      \
     bias_gelu_bwd<T>(x, bias, g, dx, n, channels, inner);                                          \
   }                                                                                                \
@@ -537,9 +637,9 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                               int has_minus, int has_bias) {                       \
     residual_fwd<T>(a, m, minus, bias, out, n, d, has_minus, has_bias);                            \
   }                                                                                                \
-  extern "C" __global__ void adamw_many_##S(const GRID_CONST AdamWTable t, const double *clip,     \
-                                            double b1, double b2, double inv_root_bc2, double eps, \
-                                            double step_size) {                                    \
+  extern "C" __global__ void adamw_many_##S(const __grid_constant__ AdamWTable t,                  \
+                                            const double *clip, double b1, double b2,              \
+                                            double inv_root_bc2, double eps, double step_size) {   \
     adamw_many<T>(t, clip, b1, b2, inv_root_bc2, eps, step_size);                                  \
   }                                                                                                \
   extern "C" __global__ void column_sums_##S(const T *x, typename Acc<T>::type *partial, int rows, \
@@ -565,8 +665,8 @@ LOSA_OPS(double, f64)
 LOSA_OPS(__half, f16)
 LOSA_OPS(__nv_bfloat16, bf16)
 
-#define CAST_MANY(S, D, SN, DN)                                                                     \
-  extern "C" __global__ void cast_many_##SN##_##DN(const GRID_CONST CastTable t, D *out) {          \
+#define CAST_MANY(S, D, SN, DN)                                                                    \
+  extern "C" __global__ void cast_many_##SN##_##DN(const __grid_constant__ CastTable t, D *out) {  \
     cast_many<S, D>(t, out);                                                                       \
   }
 CAST_MANY(float, __nv_bfloat16, f32, bf16)
