@@ -215,6 +215,111 @@ fn ln_bwd_x<T: Kern>(x: In, w: In, g: In, add: Option<In>, eps: f64) -> Result<(
     Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))
 }
 
+/// kernels.cu's `LN_LANE_ELEMS`: the LayerNorm vector path holds at most this many elements of
+/// a row per lane.
+const LN_LANE_ELEMS: usize = 40;
+
+/// The device's multiprocessors (read once: one device per process).
+fn multiprocessors(dev: &candle_core::cuda_backend::CudaDevice) -> Result<usize> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(&n) = COUNT.get() {
+        return Ok(n);
+    }
+    let attribute = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+    let n = dev.cuda_stream().context().attribute(attribute).w()?.max(1) as usize;
+    Ok(*COUNT.get_or_init(|| n))
+}
+
+/// The LayerNorm's input gradient (plus `add`) and its scale and shift gradients' partial sums
+/// (`[blocks, 2, d]` in the accumulation type), in one pass (kernels.cu's `layer_norm_bwd`),
+/// when the rows take the vector path: f32, f16 or bf16, a width of whole vectors up to 32 ×
+/// `LN_LANE_ELEMS`, contiguous inputs on 16-byte boundaries. `None` otherwise.
+pub(crate) fn layer_norm_grads(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    g: &candle_core::Tensor,
+    add: Option<&candle_core::Tensor>,
+    eps: f64,
+) -> Result<Option<(candle_core::Tensor, candle_core::Tensor)>> {
+    match x.dtype() {
+        DType::F32 => ln_grads::<f32>(x, w, g, add, eps),
+        DType::F16 => ln_grads::<half::f16>(x, w, g, add, eps),
+        DType::BF16 => ln_grads::<half::bf16>(x, w, g, add, eps),
+        _ => Ok(None),
+    }
+}
+
+fn ln_grads<T: Kern>(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    g: &candle_core::Tensor,
+    add: Option<&candle_core::Tensor>,
+    eps: f64,
+) -> Result<Option<(candle_core::Tensor, candle_core::Tensor)>> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    use candle_core::{Storage, Tensor, op::BackpropOp};
+    const OP: &str = "layer_norm backward";
+    let (d, el) = (w.elem_count(), x.elem_count());
+    let per_vec = VEC_BYTES / std::mem::size_of::<T>();
+    if d == 0 || el == 0 || !d.is_multiple_of(per_vec) || d > 32 * LN_LANE_ELEMS {
+        return Ok(None);
+    }
+    let mut tensors = vec![x, w, g];
+    tensors.extend(add);
+    if tensors.iter().any(|t| !t.is_contiguous() || t.dtype() != T::DTYPE) {
+        return Ok(None);
+    }
+    let locked: Vec<Locked> = tensors.iter().map(|t| lock(t)).collect();
+    let inputs = locked.iter().map(|l| cuda_of(l, OP)).collect::<Result<Vec<_>>>()?;
+    let views = inputs.iter().map(|&i| view::<T>(i)).collect::<Result<Vec<_>>>()?;
+    let dev = &inputs[0].0.device;
+    let stream = dev.cuda_stream();
+    if views.iter().any(|v| !v.device_ptr(&stream).0.is_multiple_of(VEC_BYTES as u64)) {
+        return Ok(None);
+    }
+    let rows = el / d;
+    if rows > i32::MAX as usize {
+        bail!("{OP}: {rows} rows is too many for one launch");
+    }
+    let blocks = rows.div_ceil(BLOCK / 32).min(multiprocessors(dev)?);
+    let shared = 2 * d * std::mem::size_of::<T::A>();
+    // SAFETY: the kernel writes every element of dx (each row gets a warp of the grid-stride
+    // loop, and a row's lanes write all its vectors) and all 2·d elements of every block's partial.
+    let (dx, partial) = unsafe { (dev.alloc::<T>(el)?, dev.alloc::<T::A>(blocks * 2 * d)?) };
+    poison(dev, &dx)?;
+    poison(dev, &partial)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("layer_norm_bwd"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&views[0]);
+    args.arg(&views[1]);
+    args.arg(&views[2]);
+    // Absent when nothing is added (its flag is 0, never read): `g` in its place.
+    args.arg(views.get(3).unwrap_or(&views[2]));
+    args.arg(&dx);
+    args.arg(&partial);
+    builder_arg!(args, rows as i32, d as i32, eps, add.is_some() as i32);
+    let config = LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (BLOCK as u32, 1, 1),
+        shared_mem_bytes: shared as u32,
+    };
+    // SAFETY: the arguments match `layer_norm_bwd_<dtype>(const T*, const T*, const T*, const T*,
+    // T*, A*, int, int, double, int)`; x, g, add (read only when flagged) and dx hold rows·d
+    // elements, w d, partial blocks·2·d, and the dynamic shared memory 2·d accumulators (at most
+    // 10 KB: d ≤ 1280).
+    unsafe { args.launch(config) }.w()?;
+    let shape = x.shape().clone();
+    let dx = Tensor::from_storage(
+        Storage::Cuda(CudaStorage::wrap_cuda_slice(dx, dev.clone())),
+        shape,
+        BackpropOp::none(),
+        false,
+    );
+    let partial = Storage::Cuda(CudaStorage::wrap_cuda_slice(partial, dev.clone()));
+    Ok(Some((dx, Tensor::from_storage(partial, (blocks, 2, d), BackpropOp::none(), false))))
+}
+
 pub(crate) fn layer_norm_bwd_params(x: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)> {
     by_dtype!(x.0.dtype(), ln_bwd_params(x, g, eps))
 }

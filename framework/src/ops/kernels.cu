@@ -283,6 +283,85 @@ __device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, const T *ad
   }
 }
 
+// LayerNorm's input, scale and shift gradients in one pass over x and g, for rows the vector path
+// takes (the caller checks): dx as layer_norm_bwd_x, by warps that take rows warp, warp + warps,
+// ... of the grid and also sum g·xhat and g per column over their rows, each lane its own
+// columns in registers. The block's warps then add theirs in warp order in shared memory into
+// partial[block] = [Σ g·xhat ; Σ g] ([2, d]; no atomics, so a fixed summation order); the
+// caller sums the partials. Blocks of blockDim.x threads, 2·d accumulators of dynamic shared memory.
+template <typename T>
+__device__ void layer_norm_bwd(const T *x, const T *w, const T *g, const T *add, T *dx,
+                               typename Acc<T>::type *partial, int rows, int d, double eps, int has_add) {
+  if constexpr (sizeof(T) > 4) return;  // never launched for f64 (see `row_vectors`)
+  typedef typename Acc<T>::type A;
+  constexpr int V = RowVecs<T>::V, K = RowVecs<T>::K;
+  extern __shared__ __align__(16) unsigned char raw[];
+  A *acc = reinterpret_cast<A *>(raw);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int nv = d / V;
+  A sgx[K][V], sg[K][V];
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int e = 0; e < V; ++e) sgx[k][e] = sg[k][e] = A(0);
+  for (int row = blockIdx.x * warps + warp; row < rows; row += gridDim.x * warps) {
+    const size_t at = (size_t)row * d;
+    RowVecs<T> rx, rg;
+    load_row(x + at, nv, lane, rx);
+    load_row(g + at, nv, lane, rg);
+    A mean, rstd;
+    vec_row_stats(rx, nv, d, eps, lane, &mean, &rstd);
+    A s1 = 0, s2 = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (lane + 32 * k >= nv) continue;
+      const auto wv = vload(w + (lane + 32 * k) * V);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const A gw = ld(rg.v[k].v[e]) * ld(wv.v[e]);
+        s1 += gw;
+        s2 += gw * (ld(rx.v[k].v[e]) - mean) * rstd;
+      }
+    }
+    const A m1 = warp_sum(s1) / A(d);
+    const A m2 = warp_sum(s2) / A(d);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = (lane + 32 * k) * V;
+      if (lane + 32 * k >= nv) continue;
+      const auto wv = vload(w + j);
+      typename VecOf<T>::type av, o;
+      if (has_add) av = vload(add + at + j);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const A gj = ld(rg.v[k].v[e]), xhat = (ld(rx.v[k].v[e]) - mean) * rstd;
+        const A v = rstd * (gj * ld(wv.v[e]) - m1 - xhat * m2);
+        st(&o.v[e], has_add ? v + ld(av.v[e]) : v);
+        sgx[k][e] += gj * xhat;
+        sg[k][e] += gj;
+      }
+      vstore(dx + at + j, o);
+    }
+  }
+  for (int j = threadIdx.x; j < 2 * d; j += blockDim.x) acc[j] = A(0);
+  __syncthreads();
+  for (int turn = 0; turn < warps; ++turn) {
+    if (warp == turn)
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        if (lane + 32 * k < nv)
+#pragma unroll
+          for (int e = 0; e < V; ++e) {
+            const int j = (lane + 32 * k) * V + e;
+            acc[j] += sgx[k][e];
+            acc[d + j] += sg[k][e];
+          }
+    __syncthreads();
+  }
+  A *out = partial + (size_t)blockIdx.x * 2 * d;
+  for (int j = threadIdx.x; j < 2 * d; j += blockDim.x) out[j] = acc[j];
+}
+
 // Block k sums rows [k*per, min((k+1)*per, rows)) into partial[k] = [sum g xhat ; sum g] ([2, d]),
 // each thread accumulating the columns j = threadIdx.x + i*blockDim.x (in shared memory, so no
 // atomics and a fixed summation order). The caller sums the partials over k.
@@ -618,6 +697,11 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                                   T *dx, int rows, int d, double eps,              \
                                                   int has_add) {                                   \
     layer_norm_bwd_x<T>(x, w, g, add, dx, rows, d, eps, has_add);                                  \
+  }                                                                                                \
+  extern "C" __global__ void layer_norm_bwd_##S(const T *x, const T *w, const T *g, const T *add,   \
+                                                T *dx, Acc<T>::type *partial, int rows, int d,     \
+                                                double eps, int has_add) {                         \
+    layer_norm_bwd<T>(x, w, g, add, dx, partial, rows, d, eps, has_add);                           \
   }                                                                                                \
   extern "C" __global__ void layer_norm_bwd_params_##S(const T *x, const T *g,                     \
                                                        Acc<T>::type *partial, int rows, int per,   \

@@ -105,12 +105,11 @@ impl CustomOp3 for Fwd {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = layer_norm_dx(x, weight, &grad, None, self.eps)?;
         if !weight.track_op() && !bias.track_op() {
             // A frozen norm (LoSA's head reads the backbone's final norm): skip the reduction.
-            return Ok((Some(dx), None, None));
+            return Ok((Some(layer_norm_dx(x, weight, &grad, None, self.eps)?), None, None));
         }
-        let (dw, db) = layer_norm_dparams(x, &grad, self.eps)?;
+        let (dx, dw, db) = layer_norm_grads(x, weight, &grad, None, self.eps)?;
         Ok((Some(dx), Some(dw.to_dtype(weight.dtype())?), Some(db.to_dtype(bias.dtype())?)))
     }
 }
@@ -145,6 +144,30 @@ pub(crate) fn layer_norm_dx(
 pub(crate) fn layer_norm_dparams(x: &Tensor, grad: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let sums = x.apply_op2_no_bwd(grad, &BwdParams { eps })?.sum(0)?;
     Ok((sums.get(0)?, sums.get(1)?))
+}
+
+/// [`layer_norm_dx`] and [`layer_norm_dparams`] together, `(dx, dw, db)`: on CUDA, for rows its
+/// vector path takes (a ViT's), in one pass over `x` and `grad` where the two take two and a
+/// launch more.
+pub(crate) fn layer_norm_grads(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    add: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let fits = add.is_none_or(|a| a.dims() == x.dims());
+        if let Some((dx, partial)) =
+            fits.then(|| super::cuda::layer_norm_grads(x, weight, grad, add, eps)).transpose()?.flatten()
+        {
+            let sums = partial.sum(0)?;
+            return Ok((dx, sums.get(0)?, sums.get(1)?));
+        }
+    }
+    let (dw, db) = layer_norm_dparams(x, grad, eps)?;
+    Ok((layer_norm_dx(x, weight, grad, add, eps)?, dw, db))
 }
 
 /// `dx` (plus `add`) from `(x, weight, grad)`. `add` is contiguous and read through its storage

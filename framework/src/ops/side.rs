@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, 
 
 use super::GradSink;
 use super::bias_gelu::bias_gelu_dx;
-use super::layer_norm::{layer_norm_dparams, layer_norm_dx};
+use super::layer_norm::{layer_norm_dparams, layer_norm_dx, layer_norm_grads};
 use super::residual::{residual, residual_storage};
 use super::{bias_gelu, cast_all, layer_norm, sum_along};
 use crate::recipe::Mixer;
@@ -273,11 +273,24 @@ impl SideUpdate {
         let (Some(dx), Some((w, _))) = (&dx, &mix.norm) else {
             return Ok((grads, if input { dx.map(|dx| dm + dx).transpose()? } else { None }));
         };
-        if params {
-            let (dw, db) = layer_norm_dparams(h, dx, self.eps)?;
-            grads.splice(0..0, [dw, db]);
-        }
-        Ok((grads, input.then(|| layer_norm_dx(h, w, dx, Some(dm), self.eps)).transpose()?))
+        // The norm's gradients: for its input (plus the residual's `dm`), its parameters, or both
+        // (in one pass on CUDA).
+        let dh = match (params, input) {
+            (false, _) => {
+                return Ok((grads, input.then(|| layer_norm_dx(h, w, dx, Some(dm), self.eps)).transpose()?));
+            }
+            (true, false) => {
+                let (dw, db) = layer_norm_dparams(h, dx, self.eps)?;
+                grads.splice(0..0, [dw, db]);
+                None
+            }
+            (true, true) => {
+                let (dh, dw, db) = layer_norm_grads(h, w, dx, Some(dm), self.eps)?;
+                grads.splice(0..0, [dw, db]);
+                Some(dh)
+            }
+        };
+        Ok((grads, dh))
     }
 }
 
