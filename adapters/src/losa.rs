@@ -104,7 +104,7 @@ impl Losa {
 
     /// `g_i(z)` for the mixers of one block, composed from candle ops in `z`'s dtype (the
     /// parameters cast to it, differentiably): the path of activations other than GELU, and the
-    /// reference that `ops::side_update` is tested against.
+    /// reference that `ops::side_network` is tested against.
     pub(crate) fn mix(&self, parts: &[LowRank], z: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
         let cast = |v: &Var| v.as_tensor().to_dtype(z.dtype());
         let mut h = z.clone();
@@ -138,7 +138,7 @@ impl Losa {
         h - z
     }
 
-    /// One block's mixers as `ops::side_update` takes them, with this step's dropout masks drawn
+    /// One block's mixers as `ops::side_network` takes them, with this step's dropout masks drawn
     /// in the order [`Losa::mix`] draws them (so both give the same result).
     fn side_mixes(&self, parts: &[LowRank], y: &Tensor, train: bool) -> Result<Vec<ops::LowRankMix>> {
         let (batch, tokens, width) = y.dims3()?;
@@ -196,17 +196,23 @@ impl Losa {
         };
         let mut y = block(self.depth - 1)?;
         let eps = vit.config.norm_eps;
-        for (&i, parts) in &self.mixers {
-            y = match fused {
-                true => {
-                    let mixes = self.side_mixes(parts, &y, train)?;
-                    ops::side_update(&block(i)?, &y, &mixes, eps, &self.grads)?
-                }
-                false => {
-                    let z = (block(i)? + &y)?;
-                    (&y + self.mix(parts, &z, eps, train)?)?
-                }
-            };
+        if fused {
+            // All side blocks as one op (ops::side_network).
+            let blocks = self
+                .mixers
+                .iter()
+                .map(|(&i, parts)| {
+                    Ok(ops::SideBlock { features: block(i)?, mixers: self.side_mixes(parts, &y, train)? })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if !blocks.is_empty() {
+                y = ops::side_network(&y, &blocks, eps, &self.grads)?;
+            }
+        } else {
+            for (&i, parts) in &self.mixers {
+                let z = (block(i)? + &y)?;
+                y = (&y + self.mix(parts, &z, eps, train)?)?;
+            }
         }
         // The backbone's final norm (frozen, but differentiable in y) then the head, so that with
         // g ≡ 0 this is exactly the linear probe on the backbone's final features.
@@ -276,7 +282,8 @@ impl Adaptation for Losa {
     }
 
     fn forward_taps(&self, vit: &Vit, taps: &Taps, train: bool) -> Result<Tensor> {
-        // GELU (the default): each block as one op with a hand-written backward (ops::side_update);
+        // GELU (the default): the side network as one op with a hand-written backward
+        // (ops::side_network);
         // other activations composed from candle ops.
         self.forward_with(vit, taps, train, matches!(self.activation, Activation::Gelu))
     }

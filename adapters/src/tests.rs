@@ -398,7 +398,7 @@ fn losa_outputs(
     out
 }
 
-/// LoSA's side blocks as one op (`ops::side_update`, the GELU default) against the same blocks
+/// LoSA's side blocks as one op (`ops::side_network`, the GELU default) against the same blocks
 /// composed from candle ops: the same logits and gradients in f64, with dropout on (the masks come
 /// from one stream in one order, so both draw the same).
 #[test]

@@ -25,7 +25,8 @@ enum Op {
     BiasGelu(usize),
     /// `a + m − minus + bias` (no backward).
     Residual,
-    /// One LoSA side block (`ops::side_update`), a channel then a token mixer of this rank.
+    /// One LoSA side block (`ops::side_network` of one block), a channel then a token mixer of this
+    /// rank.
     Side(usize),
     /// Attention's `softmax(x / 8)` (head_dim 64).
     Softmax,
@@ -46,7 +47,7 @@ impl Op {
             Op::LayerNorm => "layer_norm".into(),
             Op::BiasGelu(dim) => format!("bias_gelu(dim {dim})"),
             Op::Residual => "residual".into(),
-            Op::Side(rank) => format!("side_update(rank {rank})"),
+            Op::Side(rank) => format!("side_network(1 block, rank {rank})"),
             Op::Softmax => "softmax".into(),
             Op::SplitHeads(heads) => format!("split_heads({heads} heads)"),
             Op::MergeHeads => "merge_heads".into(),
@@ -159,7 +160,7 @@ impl Op {
         mixes
     }
 
-    /// The fused op; `side_update` puts its parameters' gradients into `sink`.
+    /// The fused op; `side_network` puts its parameters' gradients into `sink`.
     fn fused(self, t: &[Tensor], sink: &ops::GradSink) -> Result<Tensor> {
         match self {
             Op::LayerNorm => ops::layer_norm(&t[0], &t[1], &t[2], 1e-6),
@@ -167,7 +168,8 @@ impl Op {
             Op::Residual => ops::residual(&t[0], &t[1], Some(&t[2]), Some(&t[3])),
             Op::Side(_) => {
                 let last = t.len() - 1;
-                ops::side_update(&t[last], &t[0], &Self::mixes(&t[1..last]), 1e-6, sink)
+                let block = ops::SideBlock { features: t[last].clone(), mixers: Self::mixes(&t[1..last]) };
+                ops::side_network(&t[0], &[block], 1e-6, sink)
             }
             Op::Softmax => ops::softmax(&t[0], 0.125),
             Op::SplitHeads(heads) => ops::split_heads(&t[0], &t[1], heads),
@@ -201,7 +203,7 @@ impl Op {
                 t[0].transpose(1, 2)?.reshape((b, n, h * hd))
             }
             Op::BiasResidual => &t[0] + t[1].broadcast_add(&t[2])?,
-            // LoSA's block as composed before ops::side_update (with the fused norm and bias + GELU).
+            // LoSA's block as composed before ops::side_network (with the fused norm and bias + GELU).
             Op::Side(_) => {
                 let (last, y) = (t.len() - 1, &t[0]);
                 let z = (&t[last] + y)?;

@@ -9,7 +9,7 @@
 //!
 //! The ops: `layer_norm`, `bias_gelu`, `softmax` (scaled), `split_heads` (qkv bias + head split),
 //! `merge_heads` (attention's output back into token order), `bias_residual` (the ViT block's
-//! residual sums with their bias), `residual` (no graph), and `side_update`, one LoSA side block as
+//! residual sums with their bias), `residual` (no graph), and `side_network`, LoSA's side network as
 //! a single op with a hand-written backward (see side.rs), which hands its parameters' gradients over
 //! through a `GradSink` (grad_sink.rs); `adamw_update`, the optimiser's step for
 //! many parameters, in place; `cast_all`, many small tensors cast at once; and, inside the
@@ -50,7 +50,7 @@ pub use grad_sink::GradSink;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
 pub use residual::{bias_residual, residual};
-pub use side::{LowRankMix, side_update};
+pub use side::{LowRankMix, SideBlock, side_network};
 pub use softmax::softmax;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,7 @@
-//! One block of LoSA's side network, `y + g(b + y)`, as a single differentiable op.
+//! LoSA's side network, `y_i = y_{i−1} + g_i(b_i + y_{i−1})` block after block, as a single
+//! differentiable op.
 //!
-//! `g` is a chain of low-rank mixers: `h = z = b + y`, then for each mixer
+//! Each `g` is a chain of low-rank mixers: `h = z = b + y`, then for each mixer
 //! `h = h + Up(act(Down(LN(h)) + bd)) + bu`, and `g = h − z` (so `y + g = h − b`). Built from candle
 //! ops this is about twelve graph nodes per mixer, and candle's backward gives every input of
 //! every node a fresh zero tensor and adds the node's gradient into it (`GradStore::or_insert`),
@@ -9,13 +10,16 @@
 //!
 //! Here the forward runs without a graph — matmuls on candle's matmul (gemm / cuBLAS); norm,
 //! bias + GELU and the residual sums on this module's kernels, one pass each — and one graph node
-//! with the hand-written backward below carries the gradient to `y`. The parameters' gradients,
-//! computed in the same backward, go to a [`GradSink`] rather than through the graph (a node has
-//! at most three inputs, and routing a gradient to each of eleven small tensors through candle's
-//! bookkeeping costs some fifty kernel launches per block; see grad_sink.rs). The node keeps each
-//! mixer's input `h` and its rank-sized pre-activation and activation; the normed input is
-//! recomputed in the backward (one pass over `h`) instead of kept, which saves one full-size
-//! tensor per mixer.
+//! with the hand-written backward below carries the gradient to the first block's `y`. Across
+//! blocks the network is one chain of mixers (the features enter as constants: `y_i = h − b_i`
+//! reaches the next block only through `z = b_{i+1} + y_i`), so one node serves them all, and
+//! the stream's gradient passes from block to block without candle's zero-fill and addition (four
+//! full-size passes per block). The parameters' gradients, computed in the same backward, go to
+//! a [`GradSink`] rather than through the graph (a node has at most three inputs, and routing a
+//! gradient to each of eleven small tensors per block through candle's bookkeeping costs some
+//! fifty kernel launches per block; see grad_sink.rs). The node keeps each mixer's input `h` and
+//! its rank-sized pre-activation and activation; the normed input is recomputed in the backward
+//! (one pass over `h`) instead of kept, which saves one full-size tensor per mixer.
 
 use std::sync::Mutex;
 
@@ -29,7 +33,7 @@ use super::{bias_gelu, cast_all, layer_norm, sum_along};
 use crate::recipe::Mixer;
 use crate::vit::Linear;
 
-/// One low-rank mixer, as [`side_update`] runs it (activation: GELU).
+/// One low-rank mixer, as [`side_network`] runs it (activation: GELU).
 #[derive(Debug, Clone)]
 pub struct LowRankMix {
     /// Which axis it mixes: the width (channel) or the tokens (token).
@@ -66,7 +70,7 @@ impl LowRankMix {
     /// This mixer with `tensors` (from [`LowRankMix::tensors`], cast) in place of its own.
     fn with(&self, tensors: &mut impl Iterator<Item = Tensor>) -> Result<Self> {
         let mut next =
-            || tensors.next().ok_or_else(|| candle_core::Error::Msg("side_update: too few".into()));
+            || tensors.next().ok_or_else(|| candle_core::Error::Msg("side_network: too few tensors".into()));
         let norm = match &self.norm {
             Some(_) => Some((next()?, next()?)),
             None => None,
@@ -120,95 +124,114 @@ impl LowRankMix {
     }
 }
 
-/// `y + g(b + y)` for the mixers in order (see the module docs), differentiable in `y`, never in
-/// `b` (the frozen backbone's block output). `b` and `y` are `[batch, tokens, width]`, of one
-/// dtype, in which the block computes (matmuls, norms and activations, as an autocast region
-/// would); the parameters may be of another dtype (f32 master weights for a bf16 block) and are
-/// cast once per call. Each parameter is a variable or a constant (a tensor computed from a
-/// variable is refused: its gradient would arrive after candle's backward and never reach the
-/// variable). The backward puts every variable's gradient into `sink`, in its own dtype (the
-/// weights' computed by matrix products in the block's dtype, the sums for norms and biases
-/// accumulated in f32): they reach a gradient store through [`GradSink::deliver`] or
-/// [`GradSink::backward`], not through candle's `backward` alone. All on one device.
-pub fn side_update(
-    b: &Tensor,
-    y: &Tensor,
-    mixers: &[LowRankMix],
-    eps: f64,
-    sink: &GradSink,
-) -> Result<Tensor> {
-    if mixers.is_empty() {
-        bail!("side_update: no mixers");
+/// One block of the side network: the frozen backbone's block output `b_i` and the mixers of
+/// `g_i`, in order.
+#[derive(Debug, Clone)]
+pub struct SideBlock {
+    /// `[batch, tokens, width]`, of the stream's dtype; never differentiated.
+    pub features: Tensor,
+    /// At least one.
+    pub mixers: Vec<LowRankMix>,
+}
+
+/// `y_i = y_{i−1} + g_i(b_i + y_{i−1})` for the blocks in order, from `y_0 = y` (see the module
+/// docs): `y_L`, differentiable in `y`, never in the features. Features and stream are
+/// `[batch, tokens, width]`, of one dtype, in which the network computes (matmuls, norms and
+/// activations, as an autocast region would); the parameters may be of another dtype (f32 master
+/// weights for a bf16 network) and are cast once per call. Each parameter is a variable or a
+/// constant (a tensor computed from a variable is refused: its gradient would arrive after
+/// candle's backward and never reach the variable). The backward puts every variable's gradient
+/// into `sink`, in its own dtype (the weights' computed by matrix products in the network's
+/// dtype, the sums for norms and biases accumulated in f32): they reach a gradient store through
+/// [`GradSink::deliver`] or [`GradSink::backward`], not through candle's `backward` alone. All on
+/// one device.
+pub fn side_network(y: &Tensor, blocks: &[SideBlock], eps: f64, sink: &GradSink) -> Result<Tensor> {
+    if blocks.is_empty() || blocks.iter().any(|b| b.mixers.is_empty()) {
+        bail!("side_network: every block needs mixers, and there must be a block");
     }
-    if b.dims() != y.dims() || b.rank() != 3 {
-        bail!(
-            "side_update: features {:?} and stream {:?} must be one [batch, tokens, width]",
-            b.dims(),
-            y.dims()
-        );
+    if y.rank() != 3 {
+        bail!("side_network: the stream {:?} must be [batch, tokens, width]", y.dims());
     }
-    if b.dtype() != y.dtype() {
-        bail!("side_update: features in {:?} and stream in {:?} must be of one dtype", b.dtype(), y.dtype());
-    }
-    let params: Vec<Tensor> = mixers.iter().flat_map(LowRankMix::params).cloned().collect();
-    if params.iter().any(|p| p.track_op() && !p.is_variable()) {
-        bail!("side_update: a parameter computed from a variable; pass the variable itself");
-    }
-    // Detached, in the block's dtype (f32 master weights cast once per call, as autocast casts
-    // them), all in one multi-tensor cast.
-    let all: Vec<Tensor> = mixers.iter().flat_map(LowRankMix::tensors).cloned().collect();
-    let mut cast = cast_all(&all, y.dtype())?.into_iter();
-    let mixers: Vec<LowRankMix> = mixers.iter().map(|m| m.with(&mut cast)).collect::<Result<_>>()?;
-    let features = b.detach().contiguous()?;
-    let mut h = residual(&features, &y.detach(), None, None)?;
-    let (mut inputs, mut pres, mut acts, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);
-    for (k, mix) in mixers.iter().enumerate() {
-        let pre = mix.down(&mix.normed(&h, eps)?)?;
-        let a = mix.activation(&pre)?;
-        let m = mix.up(&a)?;
-        inputs.push(h.clone());
-        pres.push(pre);
-        acts.push(a);
-        if k + 1 < mixers.len() {
-            h = residual(&h, &m, None, mix.up_bias.as_ref())?;
-        } else {
-            last = Some(m);
+    for (i, b) in blocks.iter().map(|b| &b.features).enumerate() {
+        if b.dims() != y.dims() {
+            bail!("side_network: block {i}'s features {:?} and the stream {:?} differ", b.dims(), y.dims());
+        }
+        if b.dtype() != y.dtype() {
+            bail!(
+                "side_network: block {i}'s features in {:?} and the stream in {:?} must be of one dtype",
+                b.dtype(),
+                y.dtype()
+            );
         }
     }
-    let last = Mutex::new(last.map(|m| (m, features)));
-    let op = SideUpdate { mixers, params, sink: sink.clone(), inputs, pres, acts, last, eps };
+    let mixers: Vec<&LowRankMix> = blocks.iter().flat_map(|b| &b.mixers).collect();
+    let params: Vec<Tensor> = mixers.iter().flat_map(|m| m.params()).cloned().collect();
+    if params.iter().any(|p| p.track_op() && !p.is_variable()) {
+        bail!("side_network: a parameter computed from a variable; pass the variable itself");
+    }
+    // Detached, in the network's dtype (f32 master weights cast once per call, as autocast casts
+    // them), all in one multi-tensor cast.
+    let all: Vec<Tensor> = mixers.iter().flat_map(|m| m.tensors()).cloned().collect();
+    let mut cast = cast_all(&all, y.dtype())?.into_iter();
+    let mixers: Vec<LowRankMix> = mixers.iter().map(|m| m.with(&mut cast)).collect::<Result<_>>()?;
+    let (mut inputs, mut pres, mut acts, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);
+    let mut stream = y.detach();
+    let mut chain = mixers.iter();
+    for (i, block) in blocks.iter().enumerate() {
+        let features = block.features.detach().contiguous()?;
+        let mut h = residual(&features, &stream, None, None)?;
+        for k in 0..block.mixers.len() {
+            let Some(mix) = chain.next() else { bail!("side_network: mixers lost") };
+            let pre = mix.down(&mix.normed(&h, eps)?)?;
+            let a = mix.activation(&pre)?;
+            let m = mix.up(&a)?;
+            inputs.push(h.clone());
+            pres.push(pre);
+            acts.push(a);
+            if k + 1 < block.mixers.len() {
+                h = residual(&h, &m, None, mix.up_bias.as_ref())?;
+            } else if i + 1 < blocks.len() {
+                // y_i = h + m + bu − b_i, the next block's stream.
+                stream = residual(&h, &m, Some(&features), mix.up_bias.as_ref())?;
+            } else {
+                last = Some((m, features.clone()));
+            }
+        }
+    }
+    let last = Mutex::new(last);
+    let op = SideNetwork { mixers, params, sink: sink.clone(), inputs, pres, acts, last, eps };
     y.apply_op2(sink.handle(), op)
 }
 
-/// The graph node of one [`side_update`]: its inputs are `y` and the sink's handle (standing for
-/// the parameters); its forward writes `h_{K−1} + m_K + bu_K − b` (the last mixer's residual, with
-/// `−z + y` folded in).
-struct SideUpdate {
-    /// The mixers, detached, in the block's compute dtype.
+/// The graph node of one [`side_network`]: its inputs are `y_0` and the sink's handle (standing
+/// for the parameters); its forward writes `y_L = h + m + bu − b_L` (the last mixer's residual,
+/// with `−z + y` folded in).
+struct SideNetwork {
+    /// Every block's mixers in order, detached, in the network's compute dtype.
     mixers: Vec<LowRankMix>,
     /// The parameters as given, in [`LowRankMix::params`] order, mixer by mixer.
     params: Vec<Tensor>,
     /// Where the backward puts their gradients.
     sink: GradSink,
-    /// Each mixer's input `h_k` (`h_0 = z`).
+    /// Each mixer's input `h` (a block's first: `z = b + y`).
     inputs: Vec<Tensor>,
-    /// Each mixer's pre-activation `Down(LN(h_k))` without its bias (rank-sized).
+    /// Each mixer's pre-activation `Down(LN(h))` without its bias (rank-sized).
     pres: Vec<Tensor>,
     /// Each mixer's activation, dropped out (rank-sized; kept, as recomputing it costs an erf per
     /// element, which dominates the element-wise work on the CPU).
     acts: Vec<Tensor>,
-    /// What only the forward reads, until it consumes it: the last mixer's `Up(..)` and `b`
+    /// What only the forward reads, until it consumes it: the last mixer's `Up(..)` and `b_L`
     /// (detached, contiguous). Dropped then, so the graph does not hold a copy of the features
     /// (on CUDA an f32 copy of the bf16 block output) through the backward.
     last: Mutex<Option<(Tensor, Tensor)>>,
     eps: f64,
 }
 
-impl SideUpdate {
+impl SideNetwork {
     fn output(&self) -> Result<(Storage, Shape)> {
         let last = self.last.lock().ok().and_then(|mut last| last.take());
         let (Some((m, features)), Some(h), Some(mix)) = (last, self.inputs.last(), self.mixers.last()) else {
-            bail!("side_update: forward ran twice");
+            bail!("side_network: forward ran twice");
         };
         residual_storage(h, &m, Some(&features), mix.up_bias.as_ref())
     }
@@ -294,15 +317,15 @@ impl SideUpdate {
     }
 }
 
-impl CustomOp2 for SideUpdate {
+impl CustomOp2 for SideNetwork {
     fn name(&self) -> &'static str {
-        "losa-side-update"
+        "losa-side-network"
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         match self.output()? {
             (Storage::Cpu(s), shape) => Ok((s, shape)),
-            _ => bail!("side_update: features and stream on different devices"),
+            _ => bail!("side_network: features and stream on different devices"),
         }
     }
 
@@ -316,7 +339,7 @@ impl CustomOp2 for SideUpdate {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         match self.output()? {
             (Storage::Cuda(s), shape) => Ok((s, shape)),
-            _ => bail!("side_update: features and stream on different devices"),
+            _ => bail!("side_network: features and stream on different devices"),
         }
     }
 
@@ -327,8 +350,10 @@ impl CustomOp2 for SideUpdate {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // dL/dh_K = grad; h_{k+1} = h_k + m_k + bu_k, so dL/dh_k = dL/dh_{k+1} + (through mixer k);
-        // and z = b + y gives dL/dy = dL/dh_0.
+        // Mixer k's output is h_{k+1} = h_k + m_k + bu_k, within a block and across a block's end
+        // alike (the next block's z = b_{i+1} + y_i = h + m + bu − b_i + b_{i+1}, the features
+        // constants), so dL/dh_k = dL/dh_{k+1} + (through mixer k), from dL/dh_K = grad; and the
+        // first block's z = b + y gives dL/dy = dL/dh_0.
         let params = self.params.iter().any(Tensor::track_op);
         let mut dh = grad.contiguous()?;
         let mut per_mixer = Vec::with_capacity(self.mixers.len());

@@ -1,5 +1,6 @@
-//! `residual` and `side_update` against their compositions from candle ops (values and gradients,
-//! every dtype), and `side_update`'s gradients against finite differences in f64.
+//! `residual` and `side_network` against their compositions from candle ops (values and gradients,
+//! every dtype), and `side_network`'s gradients against finite differences in f64: one block
+//! (`side_update` here), and several, against the blocks one after another.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -7,7 +8,7 @@ use super::tests::{
     check_finite_differences_via, grads_of, grads_via, layer_norm_unfused, max_rel_err, normal, tolerance,
     values,
 };
-use super::{GradSink, LowRankMix, bias_gelu, residual, side_update};
+use super::{GradSink, LowRankMix, SideBlock, bias_gelu, residual, side_network};
 use crate::recipe::Mixer;
 
 const DTYPES: [DType; 4] = [DType::F64, DType::F32, DType::F16, DType::BF16];
@@ -167,6 +168,11 @@ fn sink() -> GradSink {
     GradSink::new(&Device::Cpu).unwrap()
 }
 
+/// One block, `y + g(b + y)`: a network of one.
+fn side_update(b: &Tensor, y: &Tensor, mixers: &[LowRankMix], eps: f64, sink: &GradSink) -> Result<Tensor> {
+    side_network(y, &[SideBlock { features: b.clone(), mixers: mixers.to_vec() }], eps, sink)
+}
+
 fn features(dtype: DType) -> Tensor {
     (normal(&SHAPE, 1.0, 7) - 0.3).unwrap().to_dtype(dtype).unwrap()
 }
@@ -300,6 +306,70 @@ fn side_update_refuses_a_parameter_computed_from_a_variable() {
     params[0] = (Var::from_tensor(&params[0]).unwrap().as_tensor() * 1.0).unwrap();
     let err = side_update(&features(DType::F64), &inputs[0], &case.mixes(&params), EPS, &sink()).unwrap_err();
     assert!(err.to_string().contains("pass the variable itself"), "{err}");
+}
+
+/// A network of three blocks (the third reading the first's parameters again, the second its
+/// own) gives what its blocks give one after another, each a network of one whose stream's
+/// gradient passes through candle's graph: values and gradients (the shared parameters' summed);
+/// and its gradients match finite differences.
+#[test]
+fn a_network_is_its_blocks_one_after_another() {
+    let probe = normal(&SHAPE, 1.0, 12);
+    for case in [CASES[0], CASES[1]] {
+        let inputs = case.inputs();
+        let n = inputs.len() - 1;
+        let own: Vec<Tensor> =
+            inputs[1..].iter().enumerate().map(|(k, t)| (t * (0.5 + 0.05 * k as f64)).unwrap()).collect();
+        let all: Vec<Tensor> = inputs.iter().chain(&own).cloned().collect();
+        let feats = [features(DType::F64), normal(&SHAPE, 1.0, 21), (normal(&SHAPE, 0.5, 22) + 0.1).unwrap()];
+        let params = |t: &[Tensor]| [t[1..=n].to_vec(), t[n + 1..].to_vec(), t[1..=n].to_vec()];
+        let sink = sink();
+        let network = |t: &[Tensor]| {
+            let blocks: Vec<SideBlock> = feats
+                .iter()
+                .zip(params(t))
+                .map(|(f, p)| SideBlock { features: f.clone(), mixers: case.mixes(&p) })
+                .collect();
+            side_network(&t[0], &blocks, EPS, &sink)
+        };
+        let chained = |t: &[Tensor]| {
+            let mut y = t[0].clone();
+            for (f, p) in feats.iter().zip(params(t)) {
+                y = side_update(f, &y, &case.mixes(&p), EPS, &sink)?;
+            }
+            Ok(y)
+        };
+        let err = max_rel_err(&network(&all).unwrap(), &chained(&all).unwrap(), 1e-12);
+        assert!(err < 1e-12, "{case:?}: outputs {err:e}");
+        let backward = |l: &Tensor| sink.backward(l);
+        let (a, b) = (grads_via(&all, &probe, network, backward), grads_via(&all, &probe, chained, backward));
+        for (k, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert!(max_rel_err(a, b, 1e-12) < 1e-12, "{case:?}: gradient of input {k}");
+        }
+        check_finite_differences_via(&all, &probe, network, backward);
+    }
+}
+
+#[test]
+fn side_network_refuses_what_does_not_fit() {
+    let case = CASES[0];
+    let inputs = case.inputs();
+    let block = |features: Tensor, mixers: Vec<LowRankMix>| SideBlock { features, mixers };
+    let good = block(features(DType::F64), case.mixes(&inputs[1..]));
+    let cases = [
+        (vec![], "there must be a block"),
+        (vec![good.clone(), block(features(DType::F64), vec![])], "every block needs mixers"),
+        (
+            vec![good.clone(), block(normal(&[2, 5, 9], 1.0, 1), case.mixes(&inputs[1..]))],
+            "block 1's features",
+        ),
+    ];
+    for (blocks, fragment) in cases {
+        let err = side_network(&inputs[0], &blocks, EPS, &sink()).unwrap_err().to_string();
+        assert!(err.contains(fragment), "{err}");
+    }
+    let err = side_network(&inputs[0].flatten_all().unwrap(), &[good], EPS, &sink()).unwrap_err();
+    assert!(err.to_string().contains("[batch, tokens, width]"), "{err}");
 }
 
 #[test]
