@@ -568,8 +568,7 @@ fn multi_tensor(device: &Device, runs: usize) -> Result<bool> {
     // 61 tensors (two launches on CUDA) of 1 to 40 001 elements.
     let shapes: Vec<Vec<usize>> = (0..61).map(|i| vec![if i == 7 { 40_001 } else { 1 + 37 * i }]).collect();
     println!(
-        "
-# adamw_update on {device:?} against the CPU, {} tensors in one update, after 3 steps (error as above)",
+        "\n# adamw_update on {device:?} against the CPU, {} tensors in one update, after 3 steps (error as above)",
         shapes.len()
     );
     println!("| dtype | output | error | tolerance | result |");
@@ -622,16 +621,18 @@ fn multi_tensor(device: &Device, runs: usize) -> Result<bool> {
     }
     let losa = losa_b16_shapes();
     println!(
-        "
-# cast_all on {device:?} against the CPU, LoSA's {} B/16 parameters in one call (exact: error 0)",
-        losa.len()
+        "\n# cast_all on {device:?} against the CPU, in one call: LoSA's {} B/16 parameters, or the {} tensors above (exact: error 0)",
+        losa.len(),
+        shapes.len()
     );
-    println!("| from | to | error | result |");
-    println!("|---|---|---:|---|");
+    println!("| tensors | from | to | error | result |");
+    println!("|---|---|---|---:|---|");
     let pairs =
         [DType::BF16, DType::F16, DType::F64].into_iter().flat_map(|d| [(DType::F32, d), (d, DType::F32)]);
-    for (from, to) in pairs {
-        let host = shaped(&losa, 1.0, 1, from, &Device::Cpu)?;
+    for ((from, to), (name, set)) in
+        pairs.flat_map(|p| [(p, ("LoSA B/16", &losa)), (p, ("odd sizes", &shapes))])
+    {
+        let host = shaped(set, 1.0, 1, from, &Device::Cpu)?;
         let on_device = host.iter().map(|t| t.to_device(device)).collect::<Result<Vec<_>>>()?;
         let (a, b) = (ops::cast_all(&on_device, to)?, ops::cast_all(&host, to)?);
         let mut err = 0.0f64;
@@ -639,7 +640,7 @@ fn multi_tensor(device: &Device, runs: usize) -> Result<bool> {
             err = err.max(scaled_err(a, b)?);
         }
         ok &= err == 0.0;
-        println!("| {from:?} | {to:?} | {err:.2e} | {} |", if err == 0.0 { "pass" } else { "FAIL" });
+        println!("| {name} | {from:?} | {to:?} | {err:.2e} | {} |", if err == 0.0 { "pass" } else { "FAIL" });
     }
     ops::poison_outputs(false);
 
@@ -675,8 +676,7 @@ fn multi_tensor(device: &Device, runs: usize) -> Result<bool> {
     let cast_each =
         median_ms(device, runs, || grads.iter().try_for_each(|g| g.to_dtype(DType::BF16).map(|_| ())))?;
     println!(
-        "
-# over LoSA's ViT-B/16 parameters ({} tensors, {total} f32 values), median of {runs} runs on {device:?} (ms)",
+        "\n# over LoSA's ViT-B/16 parameters ({} tensors, {total} f32 values), median of {runs} runs on {device:?} (ms)",
         losa.len()
     );
     println!("| op | all in one call | one call per tensor | composed (candle ops) |");

@@ -69,11 +69,7 @@ pub fn adamw_update(params: &[AdamWParam<'_>], clip: &Tensor, step: &AdamWStep) 
     #[cfg(feature = "cuda")]
     if clip.device().is_cuda() {
         // One multi-tensor pass per dtype (an optimiser's parameters share one in practice).
-        let mut dtypes: Vec<DType> = Vec::new();
-        for p in params.iter().filter(|p| !dtypes.contains(&p.param.dtype())).collect::<Vec<_>>() {
-            dtypes.push(p.param.dtype());
-        }
-        for dtype in dtypes {
+        for dtype in super::distinct(params.iter().map(|p| p.param.dtype())) {
             let slots: Vec<_> = params
                 .iter()
                 .zip(&grads)

@@ -4,7 +4,8 @@
 //! its weights' bf16 gradients back to f32 for the optimiser: as candle casts, one kernel launch
 //! and one allocation each, some 180 launches per step that each move a few kilobytes. On CUDA
 //! here one launch (per 48 tensors) casts them all into one new buffer, and each result is a view
-//! of its part of it. Elsewhere, and for a pair of dtypes without a kernel, each tensor is cast
+//! of its part of it (each part starting on a 16-byte boundary, as a fresh tensor does, for the
+//! kernels' vector paths). Elsewhere, and for a pair of dtypes without a kernel, each tensor is cast
 //! by candle, which gives the same values (one rounding to nearest even).
 
 use candle_core::{DType, Result, Tensor};
@@ -43,13 +44,11 @@ fn cuda_casts(tensors: &[Tensor], dtype: DType, mut out: Vec<Option<Tensor>>) ->
         });
         todo = rest;
         let members: Vec<&Tensor> = group.iter().map(|&i| &tensors[i]).collect();
-        let total: usize = members.iter().map(|t| t.elem_count()).sum();
-        let storage = super::cuda::cast_many(&members, dtype)?;
+        let (storage, starts) = super::cuda::cast_many(lead.device().as_cuda_device()?, &members, dtype)?;
+        let total = starts.last().zip(members.last()).map_or(0, |(s, t)| s + t.elem_count());
         let flat = Tensor::from_storage(Storage::Cuda(storage), total, BackpropOp::none(), false);
-        let mut at = 0;
-        for (&i, t) in group.iter().zip(members) {
-            out[i] = Some(flat.narrow(0, at, t.elem_count())?.reshape(t.shape())?);
-            at += t.elem_count();
+        for ((&i, t), start) in group.iter().zip(members).zip(starts) {
+            out[i] = Some(flat.narrow(0, start, t.elem_count())?.reshape(t.shape())?);
         }
     }
     Ok(out)

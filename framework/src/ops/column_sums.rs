@@ -27,7 +27,7 @@ pub(crate) fn column_sums(t: &Tensor, cols: usize) -> Result<Tensor> {
     }
     let (chunks, per) = chunking(rows);
     let t = t.contiguous()?.reshape((rows, cols))?;
-    t.apply_op1_no_bwd(&ColumnSums { chunks, per })?.sum(0)
+    t.apply_op1_no_bwd(&ColumnSums { chunks, per })
 }
 
 /// `(chunks, rows per chunk)` for `rows` rows.
@@ -37,13 +37,14 @@ fn chunking(rows: usize) -> (usize, usize) {
     (rows.div_ceil(per), per)
 }
 
-/// The partial sums `[chunks, cols]`, chunk k summing rows `k·per ..`.
+/// The sums `[cols]`: chunk k summing rows `k·per ..`, then the chunks' sums added in order (on
+/// CUDA in the same launch, kernels.cu's `finish_partials`).
 struct ColumnSums {
     chunks: usize,
     per: usize,
 }
 
-fn partial_cpu<T: Elem>(s: &ColumnSums, (x, l): (&[T], &Layout)) -> Result<(CpuStorage, Shape)> {
+fn sums_cpu<T: Elem>(s: &ColumnSums, (x, l): (&[T], &Layout)) -> Result<(CpuStorage, Shape)> {
     let x = slice(x, l, NAME)?;
     let cols = l.dims()[1];
     let mut out = vec![<T::A as Acc>::ZERO; s.chunks * cols];
@@ -52,7 +53,11 @@ fn partial_cpu<T: Elem>(s: &ColumnSums, (x, l): (&[T], &Layout)) -> Result<(CpuS
             acc.iter_mut().zip(row).for_each(|(a, v)| *a += v.load());
         }
     });
-    Ok((WithDType::to_cpu_storage_owned(out), Shape::from((s.chunks, cols))))
+    let mut sums = vec![<T::A as Acc>::ZERO; cols];
+    for part in out.chunks(cols) {
+        sums.iter_mut().zip(part).for_each(|(s, p)| *s += *p);
+    }
+    Ok((WithDType::to_cpu_storage_owned(sums), Shape::from(cols)))
 }
 
 impl CustomOp1 for ColumnSums {
@@ -61,7 +66,7 @@ impl CustomOp1 for ColumnSums {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_dispatch!(NAME, partial_cpu(self; s: l))
+        cpu_dispatch!(NAME, sums_cpu(self; s: l))
     }
 
     #[cfg(feature = "cuda")]

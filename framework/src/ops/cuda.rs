@@ -231,10 +231,32 @@ fn multiprocessors(dev: &candle_core::cuda_backend::CudaDevice) -> Result<usize>
     Ok(*COUNT.get_or_init(|| n))
 }
 
-/// The LayerNorm's input gradient (plus `add`) and its scale and shift gradients' partial sums
-/// (`[blocks, 2, d]` in the accumulation type), in one pass (kernels.cu's `layer_norm_bwd`),
-/// when the rows take the vector path: f32, f16 or bf16, a width of whole vectors up to 32 ×
-/// `LN_LANE_ELEMS`, contiguous inputs on 16-byte boundaries. `None` otherwise.
+/// The zeroed u32 that the one-launch sums count their finished blocks in (kernels.cu's
+/// `finish_partials`, which leaves it zeroed again): one per device, made on first use and kept
+/// for the process.
+fn block_counter(dev: &candle_core::cuda_backend::CudaDevice) -> Result<u64> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    static COUNTERS: std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, CudaSlice<u32>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut counters =
+        COUNTERS.lock().map_err(|_| candle_core::Error::Msg("losa ops: counters poisoned".into()))?;
+    if !counters.iter().any(|(id, _)| *id == dev.id()) {
+        counters.push((dev.id(), dev.alloc_zeros::<u32>(1)?));
+    }
+    let stream = dev.cuda_stream();
+    let (_, slice) = counters
+        .iter()
+        .find(|(id, _)| *id == dev.id())
+        .ok_or(candle_core::Error::Msg("losa ops: no counter".into()))?;
+    let (ptr, _) = slice.device_ptr(&stream);
+    Ok(ptr)
+}
+
+/// The LayerNorm's input gradient (plus `add`) and its scale and shift gradients (`[2, d]` in
+/// the accumulation type), in one launch (kernels.cu's `layer_norm_bwd`), when the rows take
+/// the vector path: f32, f16 or bf16, a width of whole vectors up to 32 × `LN_LANE_ELEMS`,
+/// contiguous inputs on one device and on 16-byte boundaries. `None` otherwise. The sums' order
+/// depends on the card's multiprocessor count: the same on one kind of card, run after run.
 pub(crate) fn layer_norm_grads(
     x: &candle_core::Tensor,
     w: &candle_core::Tensor,
@@ -257,67 +279,71 @@ fn ln_grads<T: Kern>(
     add: Option<&candle_core::Tensor>,
     eps: f64,
 ) -> Result<Option<(candle_core::Tensor, candle_core::Tensor)>> {
-    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     use candle_core::{Storage, Tensor, op::BackpropOp};
     const OP: &str = "layer_norm backward";
     let (d, el) = (w.elem_count(), x.elem_count());
-    let per_vec = VEC_BYTES / std::mem::size_of::<T>();
-    if d == 0 || el == 0 || !d.is_multiple_of(per_vec) || d > 32 * LN_LANE_ELEMS {
+    if d == 0 || el == 0 || padded::<T>(d) != d || d > 32 * LN_LANE_ELEMS {
         return Ok(None);
     }
     let mut tensors = vec![x, w, g];
     tensors.extend(add);
-    if tensors.iter().any(|t| !t.is_contiguous() || t.dtype() != T::DTYPE) {
+    let fits = |t: &&candle_core::Tensor| {
+        t.is_contiguous() && t.dtype() == T::DTYPE && t.device().same_device(x.device())
+    };
+    if !tensors.iter().all(fits) {
         return Ok(None);
     }
-    let locked: Vec<Locked> = tensors.iter().map(|t| lock(t)).collect();
-    let inputs = locked.iter().map(|l| cuda_of(l, OP)).collect::<Result<Vec<_>>>()?;
-    let views = inputs.iter().map(|&i| view::<T>(i)).collect::<Result<Vec<_>>>()?;
-    let dev = &inputs[0].0.device;
-    let stream = dev.cuda_stream();
-    if views.iter().any(|v| !v.device_ptr(&stream).0.is_multiple_of(VEC_BYTES as u64)) {
+    let ptrs: Vec<u64> = tensors.iter().map(|t| raw::<T>(t, OP).map(|(p, _)| p)).collect::<Result<_>>()?;
+    if ptrs.iter().any(|p| !p.is_multiple_of(VEC_BYTES as u64)) {
         return Ok(None);
     }
+    let dev = x.device().as_cuda_device()?;
     let rows = el / d;
-    if rows > i32::MAX as usize {
+    let blocks = rows.div_ceil(BLOCK / 32).min(multiprocessors(dev)?);
+    if rows + blocks * BLOCK / 32 > i32::MAX as usize {
         bail!("{OP}: {rows} rows is too many for one launch");
     }
-    let blocks = rows.div_ceil(BLOCK / 32).min(multiprocessors(dev)?);
     let shared = 2 * d * std::mem::size_of::<T::A>();
     // SAFETY: the kernel writes every element of dx (each row gets a warp of the grid-stride
-    // loop, and a row's lanes write all its vectors) and all 2·d elements of every block's partial.
-    let (dx, partial) = unsafe { (dev.alloc::<T>(el)?, dev.alloc::<T::A>(blocks * 2 * d)?) };
+    // loop, and a row's lanes write all its vectors), all 2·d elements of every block's partial,
+    // and (its last block) all 2·d sums.
+    let (dx, partial, sums) =
+        unsafe { (dev.alloc::<T>(el)?, dev.alloc::<T::A>(blocks * 2 * d)?, dev.alloc::<T::A>(2 * d)?) };
     poison(dev, &dx)?;
-    poison(dev, &partial)?;
+    poison(dev, &sums)?;
     let func = dev.get_or_load_custom_func(&kernel::<T>("layer_norm_bwd"), MODULE, PTX)?;
     let mut args = func.builder();
-    args.arg(&views[0]);
-    args.arg(&views[1]);
-    args.arg(&views[2]);
     // Absent when nothing is added (its flag is 0, never read): `g` in its place.
-    args.arg(views.get(3).unwrap_or(&views[2]));
+    builder_arg!(args, ptrs[0], ptrs[1], ptrs[2], *ptrs.get(3).unwrap_or(&ptrs[2]));
     args.arg(&dx);
     args.arg(&partial);
-    builder_arg!(args, rows as i32, d as i32, eps, add.is_some() as i32);
+    args.arg(&sums);
+    let counter = block_counter(dev)?;
+    builder_arg!(args, rows as i32, d as i32, eps, add.is_some() as i32, counter);
     let config = LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
         block_dim: (BLOCK as u32, 1, 1),
         shared_mem_bytes: shared as u32,
     };
     // SAFETY: the arguments match `layer_norm_bwd_<dtype>(const T*, const T*, const T*, const T*,
-    // T*, A*, int, int, double, int)`; x, g, add (read only when flagged) and dx hold rows·d
-    // elements, w d, partial blocks·2·d, and the dynamic shared memory 2·d accumulators (at most
-    // 10 KB: d ≤ 1280).
+    // T*, A*, A*, int, int, double, int, unsigned int*)`; x, g, add (read only when flagged) and
+    // dx hold rows·d elements, w d, partial blocks·2·d, sums 2·d, the counter one zeroed u32,
+    // and the dynamic shared memory 2·d accumulators (at most 10 KB: d ≤ 1280).
     unsafe { args.launch(config) }.w()?;
-    let shape = x.shape().clone();
+    let wrap = |storage| Storage::Cuda(storage);
     let dx = Tensor::from_storage(
-        Storage::Cuda(CudaStorage::wrap_cuda_slice(dx, dev.clone())),
-        shape,
+        wrap(CudaStorage::wrap_cuda_slice(dx, dev.clone())),
+        x.shape().clone(),
         BackpropOp::none(),
         false,
     );
-    let partial = Storage::Cuda(CudaStorage::wrap_cuda_slice(partial, dev.clone()));
-    Ok(Some((dx, Tensor::from_storage(partial, (blocks, 2, d), BackpropOp::none(), false))))
+    let sums = Tensor::from_storage(
+        wrap(CudaStorage::wrap_cuda_slice(sums, dev.clone())),
+        (2, d),
+        BackpropOp::none(),
+        false,
+    );
+    Ok(Some((dx, sums)))
 }
 
 pub(crate) fn layer_norm_bwd_params(x: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)> {
@@ -565,13 +591,14 @@ fn heads<T: Kern>(src: In, bias: Option<In>, dims: [usize; 5], split: bool) -> R
 }
 
 /// Tensors per launch of a multi-tensor kernel (kernels.cu's `MANY`): their device pointers
-/// travel in the kernel's parameters, 1.9 KB of the 4 KB that every card takes.
+/// travel in the kernel's parameters (at most 2 KB of the 4 KB that every card takes).
 const MANY: usize = 48;
 
 /// kernels.cu's `CastTable`.
 #[repr(C)]
 struct CastTable {
     src: [u64; MANY],
+    dst: [u64; MANY],
     ends: [u64; MANY],
     count: i32,
 }
@@ -592,91 +619,93 @@ struct AdamWTable {
 unsafe impl DeviceRepr for CastTable {}
 unsafe impl DeviceRepr for AdamWTable {}
 
-/// A tensor's storage, locked for reading while its device pointer is in use.
-type Locked<'a> = (candle_core::StorageRef<'a>, &'a Layout);
-
-/// `t`'s storage locked for reading, with its layout.
-fn lock(t: &candle_core::Tensor) -> Locked<'_> {
-    t.storage_and_layout()
+/// A contiguous CUDA tensor's device pointer (at its first element) and element count, as `T`.
+/// Read under its storage's lock, released before returning: candle's storage locks are not
+/// re-entrant, and the tensors of one multi-tensor launch may share a storage (views of one
+/// buffer, as `cast_all` makes). The caller's borrow keeps the buffer alive, and candle's one
+/// stream orders every use of it (cudarc's per-buffer events, which `prepare` turns off, would be
+/// recorded here rather than after the launch).
+fn raw<T: Kern>(t: &candle_core::Tensor, op: &str) -> Result<(u64, usize)> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let (s, l) = t.storage_and_layout();
+    let candle_core::Storage::Cuda(s) = &*s else { bail!("{op}: a tensor not on a CUDA device") };
+    let v = view::<T>((s, l))?;
+    let stream = s.device.cuda_stream();
+    let (ptr, _) = v.device_ptr(&stream);
+    Ok((ptr, v.len()))
 }
 
-/// The CUDA storage of a locked tensor.
-fn cuda_of<'a>((s, l): &'a Locked<'_>, op: &str) -> Result<In<'a>> {
-    match &**s {
-        candle_core::Storage::Cuda(s) => Ok((s, *l)),
-        _ => bail!("{op}: tensors on different devices"),
-    }
+/// `x` rounded up to a whole number of `VEC_BYTES` in elements of `T`.
+fn padded<T>(x: usize) -> usize {
+    x.next_multiple_of(VEC_BYTES / std::mem::size_of::<T>())
 }
 
-/// Ends (cumulative element counts) of `sizes`, checked against the kernels' 64-bit indices.
-fn ends(sizes: impl Iterator<Item = usize>) -> Vec<u64> {
-    sizes
-        .scan(0u64, |end, n| {
-            *end += n as u64;
-            Some(*end)
-        })
-        .collect()
-}
-
-/// The contiguous `tensors` (of dtype `S`, non-empty, on one CUDA device) cast to `D` and
-/// concatenated: one new buffer of their total size, one launch per `MANY` tensors.
-pub(crate) fn cast_many(tensors: &[&candle_core::Tensor], to: DType) -> Result<CudaStorage> {
+/// The contiguous `tensors` (of dtype `S`, non-empty, on `dev`) cast to `D` into one new buffer,
+/// one launch per `MANY` tensors, and where each starts in it (in elements): every start on a
+/// 16-byte boundary, so that the results take the kernels' vector paths as fresh tensors do.
+pub(crate) fn cast_many(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    tensors: &[&candle_core::Tensor],
+    to: DType,
+) -> Result<(CudaStorage, Vec<usize>)> {
     let Some(first) = tensors.first() else { bail!("cast_all: no tensors") };
     match (first.dtype(), to) {
-        (DType::F32, DType::BF16) => cast_group::<f32, half::bf16>(tensors),
-        (DType::F32, DType::F16) => cast_group::<f32, half::f16>(tensors),
-        (DType::F32, DType::F64) => cast_group::<f32, f64>(tensors),
-        (DType::BF16, DType::F32) => cast_group::<half::bf16, f32>(tensors),
-        (DType::F16, DType::F32) => cast_group::<half::f16, f32>(tensors),
-        (DType::F64, DType::F32) => cast_group::<f64, f32>(tensors),
+        (DType::F32, DType::BF16) => cast_group::<f32, half::bf16>(dev, tensors),
+        (DType::F32, DType::F16) => cast_group::<f32, half::f16>(dev, tensors),
+        (DType::F32, DType::F64) => cast_group::<f32, f64>(dev, tensors),
+        (DType::BF16, DType::F32) => cast_group::<half::bf16, f32>(dev, tensors),
+        (DType::F16, DType::F32) => cast_group::<half::f16, f32>(dev, tensors),
+        (DType::F64, DType::F32) => cast_group::<f64, f32>(dev, tensors),
         (from, to) => bail!("cast_all: no CUDA kernel from {from:?} to {to:?}"),
     }
 }
 
-fn cast_group<S: Kern, D: Kern>(tensors: &[&candle_core::Tensor]) -> Result<CudaStorage> {
+fn cast_group<S: Kern, D: Kern>(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    tensors: &[&candle_core::Tensor],
+) -> Result<(CudaStorage, Vec<usize>)> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-    let locked: Vec<Locked> = tensors.iter().map(|t| lock(t)).collect();
-    let inputs = locked.iter().map(|l| cuda_of(l, "cast_all")).collect::<Result<Vec<_>>>()?;
-    let views = inputs.iter().map(|&i| view::<S>(i)).collect::<Result<Vec<_>>>()?;
-    let dev = &inputs[0].0.device;
-    let stream = dev.cuda_stream();
-    let ends = ends(views.iter().map(|v| v.len()));
-    let total = ends.last().copied().unwrap_or(0) as usize;
-    // SAFETY: the launches below write all `total` elements: launch c covers elements
-    // ends[c·MANY − 1] .. ends[(c + 1)·MANY − 1] of the concatenation, and together they cover it.
+    let sources = tensors.iter().map(|t| raw::<S>(t, "cast_all")).collect::<Result<Vec<_>>>()?;
+    let starts: Vec<usize> = sources
+        .iter()
+        .scan(0, |at, &(_, n)| {
+            let start = *at;
+            *at = padded::<D>(start + n);
+            Some(start)
+        })
+        .collect();
+    let total = starts.last().zip(sources.last()).map_or(0, |(s, (_, n))| s + n);
+    // SAFETY: uninitialised; the launches below write every element of every tensor's part
+    // (starts[k] .. starts[k] + n_k); the padding between parts is never read.
     let out = unsafe { dev.alloc::<D>(total)? };
     poison(dev, &out)?;
+    let stream = dev.cuda_stream();
+    let (base, _) = out.device_ptr(&stream);
     let func = dev.get_or_load_custom_func(
         &format!("cast_many_{}_{}", S::DTYPE.as_str(), D::DTYPE.as_str()),
         MODULE,
         PTX,
     )?;
-    for (c, chunk) in views.chunks(MANY).enumerate() {
-        let before = if c == 0 { 0 } else { ends[c * MANY - 1] };
-        let mut table = CastTable { src: [0; MANY], ends: [0; MANY], count: chunk.len() as i32 };
-        // Read access recorded until the launch is queued (a no-op without event tracking).
-        let mut reads = Vec::with_capacity(chunk.len());
-        for (k, v) in chunk.iter().enumerate() {
-            let (ptr, read) = v.device_ptr(&stream);
-            table.src[k] = ptr;
-            table.ends[k] = ends[c * MANY + k] - before;
-            reads.push(read);
+    let size = std::mem::size_of::<D>() as u64;
+    for (chunk, at) in sources.chunks(MANY).zip(starts.chunks(MANY)) {
+        let mut table =
+            CastTable { src: [0; MANY], dst: [0; MANY], ends: [0; MANY], count: chunk.len() as i32 };
+        let mut end = 0;
+        for (k, (&(ptr, n), &start)) in chunk.iter().zip(at).enumerate() {
+            end += n as u64;
+            (table.src[k], table.dst[k], table.ends[k]) = (ptr, base + start as u64 * size, end);
         }
-        let n = table.ends[chunk.len() - 1] as usize;
-        if n == 0 {
+        if end == 0 {
             continue;
         }
-        let dst = out.slice(before as usize..before as usize + n);
         let mut args = func.builder();
         args.arg(&table);
-        args.arg(&dst);
-        // SAFETY: the arguments match `cast_many_<from>_<to>(CastTable, D*)`; each table entry
-        // points at a live contiguous input of S (locked for reading until after the launch)
-        // holding its count of elements, and dst holds the chunk's n elements.
-        unsafe { args.launch(flat_config(n)) }.w()?;
-        drop(reads);
+        // SAFETY: the arguments match `cast_many_<from>_<to>(CastTable)`; each entry's source is a
+        // live contiguous tensor of S holding its count of elements, and its destination the
+        // same count of elements of `out`, within it and apart from every other entry's.
+        unsafe { args.launch(flat_config(end as usize)) }.w()?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), starts))
 }
 
 /// One parameter of a multi-tensor AdamW step: parameter, gradient, moments `[2, n]`, and
@@ -692,42 +721,30 @@ pub(crate) fn adamw_many(slots: &[AdamWSlot], clip: &candle_core::Tensor, h: [f6
 }
 
 fn adamw_group<T: Kern>(slots: &[AdamWSlot], clip: &candle_core::Tensor, h: [f64; 5]) -> Result<()> {
-    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     const OP: &str = "adamw_update";
-    let locked: Vec<[Locked; 3]> = slots.iter().map(|(p, g, s, _)| [lock(p), lock(g), lock(s)]).collect();
-    let clip_locked = lock(clip);
-    let clip_in = cuda_of(&clip_locked, OP)?;
-    let clip_view = view::<f64>(clip_in)?;
-    let views = locked
+    let dev = clip.device().as_cuda_device()?;
+    let (clip_ptr, _) = raw::<f64>(clip, OP)?;
+    let ptrs = slots
         .iter()
-        .map(|ls| {
-            let [p, g, s] = ls.each_ref().map(|l| cuda_of(l, OP));
-            Ok([view::<T>(p?)?, view::<T>(g?)?, view::<T>(s?)?])
-        })
+        .map(|(p, g, s, _)| Ok([raw::<T>(p, OP)?, raw::<T>(g, OP)?, raw::<T>(s, OP)?]))
         .collect::<Result<Vec<_>>>()?;
-    let dev = &clip_in.0.device;
-    let stream = dev.cuda_stream();
-    // The kernel writes the parameters and moments through pointers taken for reading: check
-    // that no two of them overlap and that no gradient overlaps one, which candle's in-place ops
-    // check on the CPU path.
+    // The kernel writes the parameters and moments through these pointers: check that no two of
+    // them overlap and that no gradient overlaps one, as candle's in-place ops check on the CPU.
     let size = std::mem::size_of::<T>() as u64;
-    let range = |v: &CudaView<T>| {
-        let (ptr, _) = v.device_ptr(&stream);
-        (ptr, ptr + v.len() as u64 * size)
-    };
-    let mut writes: Vec<(u64, u64)> = views.iter().flat_map(|[p, _, s]| [range(p), range(s)]).collect();
+    let range = |&(ptr, n): &(u64, usize)| (ptr, ptr + n as u64 * size);
+    let mut writes: Vec<(u64, u64)> =
+        ptrs.iter().flat_map(|[p, _, s]| [range(p), range(s)]).filter(|(a, b)| a < b).collect();
     writes.sort_unstable();
+    // Disjoint and sorted by start, the writes are sorted by end too.
     let overlaps = |(a, b): (u64, u64)| {
         let k = writes.partition_point(|w| w.1 <= a);
-        k < writes.len() && writes[k].0 < b
+        a < b && k < writes.len() && writes[k].0 < b
     };
-    if writes.windows(2).any(|w| w[1].0 < w[0].1) || views.iter().any(|[_, g, _]| overlaps(range(g))) {
+    if writes.windows(2).any(|w| w[1].0 < w[0].1) || ptrs.iter().any(|[_, g, _]| overlaps(range(g))) {
         bail!("{OP}: parameters, gradients and moments must not share memory");
     }
     let func = dev.get_or_load_custom_func(&kernel::<T>("adamw_many"), MODULE, PTX)?;
-    let sizes = ends(views.iter().map(|[p, ..]| p.len()));
-    for (c, (chunk, slots)) in views.chunks(MANY).zip(slots.chunks(MANY)).enumerate() {
-        let before = if c == 0 { 0 } else { sizes[c * MANY - 1] };
+    for (chunk, slots) in ptrs.chunks(MANY).zip(slots.chunks(MANY)) {
         let mut table = AdamWTable {
             p: [0; MANY],
             g: [0; MANY],
@@ -736,39 +753,30 @@ fn adamw_group<T: Kern>(slots: &[AdamWSlot], clip: &candle_core::Tensor, h: [f64
             decay: [0.0; MANY],
             count: chunk.len() as i32,
         };
-        // Access recorded until the launch is queued (a no-op without event tracking).
-        let mut uses = Vec::with_capacity(3 * chunk.len());
+        let mut end = 0;
         for (k, ([p, g, s], slot)) in chunk.iter().zip(slots).enumerate() {
-            for (to, v) in [(&mut table.p[k], p), (&mut table.g[k], g), (&mut table.state[k], s)] {
-                let (ptr, used) = v.device_ptr(&stream);
-                *to = ptr;
-                uses.push(used);
-            }
-            table.ends[k] = sizes[c * MANY + k] - before;
-            table.decay[k] = slot.3;
+            end += p.1 as u64;
+            (table.p[k], table.g[k], table.state[k], table.ends[k], table.decay[k]) =
+                (p.0, g.0, s.0, end, slot.3);
         }
-        let n = table.ends[chunk.len() - 1] as usize;
-        if n == 0 {
+        if end == 0 {
             continue;
         }
         let mut args = func.builder();
         args.arg(&table);
-        args.arg(&clip_view);
-        builder_arg!(args, h[0], h[1], h[2], h[3], h[4]);
+        builder_arg!(args, clip_ptr, h[0], h[1], h[2], h[3], h[4]);
         // SAFETY: the arguments match `adamw_many_<dtype>(AdamWTable, const double*, double,
         // double, double, double, double)`; each entry points at a live contiguous parameter and
-        // gradient of its count of elements and moments of twice that, all locked until after
-        // the launch; the kernel writes parameters and moments, which overlap neither each other
-        // nor a gradient (checked above), and candle's one stream orders this launch after every
-        // earlier use of them and before every later one.
-        unsafe { args.launch(flat_config(n)) }.w()?;
-        drop(uses);
+        // gradient of its count of elements and at moments of twice that (checked by the
+        // caller), clip_ptr at one f64; the kernel writes parameters and moments, which overlap
+        // neither each other nor a gradient (checked above).
+        unsafe { args.launch(flat_config(end as usize)) }.w()?;
     }
     Ok(())
 }
 
-/// Column sums of a `[rows, cols]` input per chunk of `per` rows: `[chunks, cols]` in the
-/// accumulation type.
+/// Column sums of a `[rows, cols]` input: per chunk of `per` rows, then over the chunks in
+/// order, in one launch; `[cols]` in the accumulation type.
 pub(crate) fn column_sums(x: In, chunks: usize, per: usize) -> Result<(CudaStorage, Shape)> {
     by_dtype!(x.0.dtype(), col_sums(x, chunks, per))
 }
@@ -782,21 +790,24 @@ fn col_sums<T: Kern>(x: In, chunks: usize, per: usize) -> Result<(CudaStorage, S
     };
     let xv = view::<T>(x)?;
     // SAFETY: block (i, k) writes columns 32·i .. 32·i + 31 (those below cols) of row k of
-    // partial, and the grid covers every column and all `chunks` rows.
-    let partial = unsafe { dev.alloc::<T::A>(chunks * cols)? };
-    poison(dev, &partial)?;
+    // partial, the grid covers every column and all `chunks` rows, and the last block to finish
+    // writes all cols sums.
+    let (partial, sums) = unsafe { (dev.alloc::<T::A>(chunks * cols)?, dev.alloc::<T::A>(cols)?) };
+    poison(dev, &sums)?;
     let func = dev.get_or_load_custom_func(&kernel::<T>("column_sums"), MODULE, PTX)?;
     let mut args = func.builder();
     args.arg(&xv);
     args.arg(&partial);
-    builder_arg!(args, rows_i, cols_i, per_i);
+    args.arg(&sums);
+    builder_arg!(args, rows_i, cols_i, per_i, block_counter(dev)?);
     let config = LaunchConfig {
         grid_dim: (cols.div_ceil(32) as u32, chunks as u32, 1),
         block_dim: (32, 8, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: the arguments match `column_sums_<dtype>(const T*, A*, int, int, int)`; x holds
-    // rows·cols elements and partial chunks·cols.
+    // SAFETY: the arguments match `column_sums_<dtype>(const T*, A*, A*, int, int, int, unsigned
+    // int*)`; x holds rows·cols elements, partial chunks·cols, sums cols, the counter one zeroed
+    // u32.
     unsafe { args.launch(config) }.w()?;
-    Ok((CudaStorage::wrap_cuda_slice(partial, dev.clone()), Shape::from((chunks, cols))))
+    Ok((CudaStorage::wrap_cuda_slice(sums, dev.clone()), Shape::from(cols)))
 }

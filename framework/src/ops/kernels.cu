@@ -283,15 +283,41 @@ __device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, const T *ad
   }
 }
 
+// The end of a two-level sum in the same launch. Every block has written its part of `partial`
+// ([parts, n]: row k is the sum over the k-th share of the input); the last block to finish sums
+// the rows in order into out (a fixed order, so the result does not depend on which block
+// finishes last) and re-arms the counter. `counter`: a zeroed u32 per device that every such
+// launch counts its finished blocks in, one launch at a time (candle's one stream). Called by
+// every thread of every block, after the block's writes to `partial`.
+template <typename A>
+__device__ void finish_partials(const A *partial, A *out, int parts, int n, unsigned int *counter) {
+  __shared__ bool last;
+  __threadfence();  // this thread's writes to `partial` before the count that follows them
+  __syncthreads();
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
+  if (tid == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int j = tid; j < n; j += threads) {
+    A s = 0;
+    for (int k = 0; k < parts; ++k) s += __ldcg(&partial[(size_t)k * n + j]);  // past L1: other SMs wrote them
+    out[j] = s;
+  }
+  if (tid == 0) *counter = 0;
+}
+
 // LayerNorm's input, scale and shift gradients in one pass over x and g, for rows the vector path
 // takes (the caller checks): dx as layer_norm_bwd_x, by warps that take rows warp, warp + warps,
 // ... of the grid and also sum g·xhat and g per column over their rows, each lane its own
 // columns in registers. The block's warps then add theirs in warp order in shared memory into
-// partial[block] = [Σ g·xhat ; Σ g] ([2, d]; no atomics, so a fixed summation order); the
-// caller sums the partials. Blocks of blockDim.x threads, 2·d accumulators of dynamic shared memory.
+// partial[block] = [Σ g·xhat ; Σ g] ([2, d]), and the last block sums the partials in block
+// order into sums ([2, d]): a fixed summation order, no atomics on the values. Blocks of
+// blockDim.x threads, 2·d accumulators of dynamic shared memory.
 template <typename T>
 __device__ void layer_norm_bwd(const T *x, const T *w, const T *g, const T *add, T *dx,
-                               typename Acc<T>::type *partial, int rows, int d, double eps, int has_add) {
+                               typename Acc<T>::type *partial, typename Acc<T>::type *sums, int rows,
+                               int d, double eps, int has_add, unsigned int *counter) {
   if constexpr (sizeof(T) > 4) return;  // never launched for f64 (see `row_vectors`)
   typedef typename Acc<T>::type A;
   constexpr int V = RowVecs<T>::V, K = RowVecs<T>::K;
@@ -304,7 +330,7 @@ __device__ void layer_norm_bwd(const T *x, const T *w, const T *g, const T *add,
   for (int k = 0; k < K; ++k)
 #pragma unroll
     for (int e = 0; e < V; ++e) sgx[k][e] = sg[k][e] = A(0);
-  for (int row = blockIdx.x * warps + warp; row < rows; row += gridDim.x * warps) {
+  for (int64_t row = blockIdx.x * warps + warp; row < rows; row += (int64_t)gridDim.x * warps) {
     const size_t at = (size_t)row * d;
     RowVecs<T> rx, rg;
     load_row(x + at, nv, lane, rx);
@@ -360,6 +386,7 @@ __device__ void layer_norm_bwd(const T *x, const T *w, const T *g, const T *add,
   }
   A *out = partial + (size_t)blockIdx.x * 2 * d;
   for (int j = threadIdx.x; j < 2 * d; j += blockDim.x) out[j] = acc[j];
+  finish_partials(partial, sums, gridDim.x, 2 * d, counter);
 }
 
 // Block k sums rows [k*per, min((k+1)*per, rows)) into partial[k] = [sum g xhat ; sum g] ([2, d]),
@@ -496,7 +523,7 @@ __device__ __forceinline__ int tensor_of(const uint64_t *ends, int count, uint64
 }
 
 struct CastTable {
-  uint64_t src[MANY], ends[MANY];
+  uint64_t src[MANY], dst[MANY], ends[MANY];
   int count;
 };
 
@@ -508,14 +535,14 @@ __device__ __forceinline__ void cvt(__nv_bfloat16 v, float *d) { *d = __bfloat16
 __device__ __forceinline__ void cvt(__half v, float *d) { *d = __half2float(v); }
 __device__ __forceinline__ void cvt(double v, float *d) { *d = float(v); }
 
-// The table's tensors (of type S) cast to D, concatenated into out.
-template <typename S, typename D> __device__ void cast_many(const CastTable &t, D *out) {
+// Each of the table's tensors (of type S) cast to D at its destination.
+template <typename S, typename D> __device__ void cast_many(const CastTable &t) {
   const uint64_t n = t.ends[t.count - 1];
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)gridDim.x * blockDim.x) {
     const int k = tensor_of(t.ends, t.count, i);
-    const uint64_t start = k ? t.ends[k - 1] : 0;
-    cvt(reinterpret_cast<const S *>(t.src[k])[i - start], &out[i]);
+    const uint64_t j = i - (k ? t.ends[k - 1] : 0);
+    cvt(reinterpret_cast<const S *>(t.src[k])[j], reinterpret_cast<D *>(t.dst[k]) + j);
   }
 }
 
@@ -553,10 +580,12 @@ __device__ void adamw_many(const AdamWTable &t, const double *clip, double b1, d
 }
 
 // Column sums of a [rows, cols] matrix, chunk blockIdx.y of `per` rows, 32 columns per block:
-// thread (c, r) sums every 8th row of the chunk in column c, then the 8 sums are added in order.
-// Blocks of (32, 8) threads.
+// thread (c, r) sums every 8th row of the chunk in column c, then the 8 sums are added in order
+// into partial[chunk]; the last block sums the chunks' partials in order into sums. Blocks of
+// (32, 8) threads.
 template <typename T>
-__device__ void column_sums(const T *x, typename Acc<T>::type *partial, int rows, int cols, int per) {
+__device__ void column_sums(const T *x, typename Acc<T>::type *partial, typename Acc<T>::type *sums, int rows,
+                            int cols, int per, unsigned int *counter) {
   typedef typename Acc<T>::type A;
   __shared__ A buf[8][32];
   const int c = blockIdx.x * 32 + threadIdx.x;
@@ -571,6 +600,7 @@ __device__ void column_sums(const T *x, typename Acc<T>::type *partial, int rows
     for (int k = 0; k < 8; ++k) t += buf[k][threadIdx.x];
     partial[(uint64_t)blockIdx.y * cols + c] = t;
   }
+  finish_partials(partial, sums, gridDim.y, cols, counter);
 }
 
 // Rows up to this many elements per lane (32 · 12 = 384: attention over ViT-B/16's 197 tokens and
@@ -699,9 +729,10 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
     layer_norm_bwd_x<T>(x, w, g, add, dx, rows, d, eps, has_add);                                  \
   }                                                                                                \
   extern "C" __global__ void layer_norm_bwd_##S(const T *x, const T *w, const T *g, const T *add,   \
-                                                T *dx, Acc<T>::type *partial, int rows, int d,     \
-                                                double eps, int has_add) {                         \
-    layer_norm_bwd<T>(x, w, g, add, dx, partial, rows, d, eps, has_add);                           \
+                                                T *dx, Acc<T>::type *partial, Acc<T>::type *sums,  \
+                                                int rows, int d, double eps, int has_add,          \
+                                                unsigned int *counter) {                           \
+    layer_norm_bwd<T>(x, w, g, add, dx, partial, sums, rows, d, eps, has_add, counter);            \
   }                                                                                                \
   extern "C" __global__ void layer_norm_bwd_params_##S(const T *x, const T *g,                     \
                                                        Acc<T>::type *partial, int rows, int per,   \
@@ -726,9 +757,9 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                             double inv_root_bc2, double eps, double step_size) {   \
     adamw_many<T>(t, clip, b1, b2, inv_root_bc2, eps, step_size);                                  \
   }                                                                                                \
-  extern "C" __global__ void column_sums_##S(const T *x, typename Acc<T>::type *partial, int rows, \
-                                             int cols, int per) {                                  \
-    column_sums<T>(x, partial, rows, cols, per);                                                   \
+  extern "C" __global__ void column_sums_##S(const T *x, Acc<T>::type *partial, Acc<T>::type *sums, \
+                                             int rows, int cols, int per, unsigned int *counter) { \
+    column_sums<T>(x, partial, sums, rows, cols, per, counter);                                    \
   }                                                                                                \
   extern "C" __global__ void softmax_fwd_##S(const T *x, T *y, int rows, int d, double scale) {    \
     softmax_fwd<T>(x, y, rows, d, scale);                                                          \
@@ -750,8 +781,8 @@ LOSA_OPS(__half, f16)
 LOSA_OPS(__nv_bfloat16, bf16)
 
 #define CAST_MANY(S, D, SN, DN)                                                                    \
-  extern "C" __global__ void cast_many_##SN##_##DN(const __grid_constant__ CastTable t, D *out) {  \
-    cast_many<S, D>(t, out);                                                                       \
+  extern "C" __global__ void cast_many_##SN##_##DN(const __grid_constant__ CastTable t) {          \
+    cast_many<S, D>(t);                                                                            \
   }
 CAST_MANY(float, __nv_bfloat16, f32, bf16)
 CAST_MANY(float, __half, f32, f16)

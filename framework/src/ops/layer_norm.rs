@@ -159,10 +159,8 @@ pub(crate) fn layer_norm_grads(
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
         let fits = add.is_none_or(|a| a.dims() == x.dims());
-        if let Some((dx, partial)) =
-            fits.then(|| super::cuda::layer_norm_grads(x, weight, grad, add, eps)).transpose()?.flatten()
-        {
-            let sums = partial.sum(0)?;
+        let fused = fits.then(|| super::cuda::layer_norm_grads(x, weight, grad, add, eps)).transpose()?;
+        if let Some((dx, sums)) = fused.flatten() {
             return Ok((dx, sums.get(0)?, sums.get(1)?));
         }
     }

@@ -71,6 +71,17 @@ fn poisoning() -> bool {
     POISON.load(Ordering::Relaxed)
 }
 
+/// The distinct dtypes of `dtypes`, in order of first appearance.
+pub(crate) fn distinct(dtypes: impl IntoIterator<Item = DType>) -> Vec<DType> {
+    let mut seen = Vec::new();
+    for d in dtypes {
+        if !seen.contains(&d) {
+            seen.push(d);
+        }
+    }
+    seen
+}
+
 /// `t` viewed as `[outer, channels, inner]`, summed over `outer` and `inner`: the gradient of a
 /// bias added along `channels`. Half types are summed in f32 (candle's CPU sum accumulates in the
 /// tensor's dtype, and a bf16 sum over batch × tokens elements loses most of its digits), so the

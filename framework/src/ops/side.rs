@@ -23,7 +23,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
 
 use super::GradSink;
 use super::bias_gelu::bias_gelu_dx;
@@ -371,13 +371,7 @@ impl CustomOp2 for SideNetwork {
             .zip(per_mixer.into_iter().rev().flatten())
             .filter(|(p, _)| p.track_op())
             .collect();
-        let mut dtypes: Vec<DType> = Vec::new();
-        for (p, _) in &grads {
-            if !dtypes.contains(&p.dtype()) {
-                dtypes.push(p.dtype());
-            }
-        }
-        for dtype in dtypes {
+        for dtype in super::distinct(grads.iter().map(|(p, _)| p.dtype())) {
             let (params, group): (Vec<&Tensor>, Vec<Tensor>) =
                 grads.iter().filter(|(p, _)| p.dtype() == dtype).map(|(p, g)| (*p, g.clone())).unzip();
             for (p, g) in params.into_iter().zip(cast_all(&group, dtype)?) {

@@ -347,6 +347,14 @@ fn adamw_update_refuses_what_does_not_fit() {
     assert_eq!(values(&q_state), vec![0.0; 12], "nothing is updated when a parameter does not fit");
 }
 
+/// Each dtype once, in order of first appearance (the grouping of the multi-tensor launches).
+#[test]
+fn distinct_keeps_each_dtype_once_in_order() {
+    let dtypes = [DType::F32, DType::F32, DType::BF16, DType::F32, DType::F64, DType::BF16];
+    assert_eq!(super::distinct(dtypes), vec![DType::F32, DType::BF16, DType::F64]);
+    assert_eq!(super::distinct([]), Vec::<DType>::new());
+}
+
 /// `cast_all` gives what candle's cast of each tensor gives, detached, and leaves tensors already
 /// in the dtype as they are.
 #[test]
