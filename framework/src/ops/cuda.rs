@@ -28,19 +28,22 @@ const PARAM_CHUNKS: usize = 4096;
 // SAFETY: FastDiv is `#[repr(C)]`, three u32 (kernels.cu's `struct FastDiv`), valid for any bits.
 unsafe impl DeviceRepr for FastDiv {}
 
-/// Readies a CUDA device that was just opened for this crate's use of it: one candle device, and
-/// so one stream, per process. Two defaults cost time on every op there (PyTorch avoids both):
+/// Readies a CUDA device that was just opened for this crate's use of it: one candle device per
+/// process, driven from one host thread (candle launches on the calling thread's default stream;
+/// the runner's other threads only decode images), so one stream orders every use of a buffer.
+/// Two defaults cost time on every op there (PyTorch avoids both):
 /// - cudarc tracks each buffer's uses with two CUDA events (created at each allocation, recorded
-///   and waited on at each launch) so that several streams can share buffers. On candle's single
-///   stream, which already orders every use, they are pure host overhead.
+///   and waited on at each launch) so that several streams can share buffers. On one stream,
+///   which already orders every use, they are pure host overhead.
 /// - CUDA's stream-ordered pool hands every free byte back to the driver at each synchronisation
 ///   (release threshold 0): a training step that synchronises once (to read its loss, or to be
 ///   timed) then maps its whole working set again, every step. The pool now keeps what it has,
 ///   as PyTorch's caching allocator does, and still serves every allocation of the process.
 pub(crate) fn prepare(dev: &candle_core::cuda_backend::CudaDevice) -> Result<()> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
-    // SAFETY: candle runs all work of a device on its one stream, so no buffer is ever used by
-    // two streams, the case the events exist for; `DeviceSpec::open` opens one device per process.
+    // SAFETY: all work on the device comes from one host thread and so runs on one stream: no
+    // buffer is ever used by two streams, the case the events exist for; `DeviceSpec::open` opens
+    // one device per process.
     unsafe { dev.disable_event_tracking() };
     let mut keep = u64::MAX;
     // SAFETY: the CUdevice comes from the device's live context; the release threshold is a u64.
@@ -232,23 +235,26 @@ fn multiprocessors(dev: &candle_core::cuda_backend::CudaDevice) -> Result<usize>
 }
 
 /// The zeroed u32 that the one-launch sums count their finished blocks in (kernels.cu's
-/// `finish_partials`, which leaves it zeroed again): one per device, made on first use and kept
-/// for the process.
+/// `finish_partials`, which leaves it zeroed again): one per device and host thread (candle
+/// launches on the calling thread's stream, and one counter must serve one stream, whose launches
+/// come one after another), made on first use, on that stream, and kept for the process.
 fn block_counter(dev: &candle_core::cuda_backend::CudaDevice) -> Result<u64> {
+    use candle_core::cuda_backend::DeviceId;
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-    static COUNTERS: std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, CudaSlice<u32>)>> =
-        std::sync::Mutex::new(Vec::new());
+    type Counters = Vec<((DeviceId, std::thread::ThreadId), CudaSlice<u32>)>;
+    static COUNTERS: std::sync::Mutex<Counters> = std::sync::Mutex::new(Vec::new());
+    let key = (dev.id(), std::thread::current().id());
     let mut counters =
         COUNTERS.lock().map_err(|_| candle_core::Error::Msg("losa ops: counters poisoned".into()))?;
-    if !counters.iter().any(|(id, _)| *id == dev.id()) {
-        counters.push((dev.id(), dev.alloc_zeros::<u32>(1)?));
-    }
+    let at = match counters.iter().position(|(k, _)| *k == key) {
+        Some(at) => at,
+        None => {
+            counters.push((key, dev.alloc_zeros::<u32>(1)?));
+            counters.len() - 1
+        }
+    };
     let stream = dev.cuda_stream();
-    let (_, slice) = counters
-        .iter()
-        .find(|(id, _)| *id == dev.id())
-        .ok_or(candle_core::Error::Msg("losa ops: no counter".into()))?;
-    let (ptr, _) = slice.device_ptr(&stream);
+    let (ptr, _) = counters[at].1.device_ptr(&stream);
     Ok(ptr)
 }
 
@@ -622,7 +628,7 @@ unsafe impl DeviceRepr for AdamWTable {}
 /// A contiguous CUDA tensor's device pointer (at its first element) and element count, as `T`.
 /// Read under its storage's lock, released before returning: candle's storage locks are not
 /// re-entrant, and the tensors of one multi-tensor launch may share a storage (views of one
-/// buffer, as `cast_all` makes). The caller's borrow keeps the buffer alive, and candle's one
+/// buffer, as `cast_all` makes). The caller's borrow keeps the buffer alive, and one
 /// stream orders every use of it (cudarc's per-buffer events, which `prepare` turns off, would be
 /// recorded here rather than after the launch).
 fn raw<T: Kern>(t: &candle_core::Tensor, op: &str) -> Result<(u64, usize)> {

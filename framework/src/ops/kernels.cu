@@ -283,27 +283,62 @@ __device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, const T *ad
   }
 }
 
+// out[j] = Σ_k partial[k·n + j] over the parts rows in order, by the block's threads: 16 bytes at
+// a time where rows split into whole vectors (loads that do not wait on one another), loaded past
+// L1 (other multiprocessors wrote them).
+__device__ __forceinline__ void sum_rows(const float *partial, float *out, int parts, int n, int tid,
+                                         int threads) {
+  if ((n & 3) == 0) {
+    for (int j = tid * 4; j < n; j += threads * 4) {
+      float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+      for (int k = 0; k < parts; ++k) {
+        const float4 p = __ldcg(reinterpret_cast<const float4 *>(partial + (size_t)k * n + j));
+        s.x += p.x;
+        s.y += p.y;
+        s.z += p.z;
+        s.w += p.w;
+      }
+      *reinterpret_cast<float4 *>(out + j) = s;
+    }
+    return;
+  }
+  for (int j = tid; j < n; j += threads) {
+    float s = 0.f;
+    for (int k = 0; k < parts; ++k) s += __ldcg(&partial[(size_t)k * n + j]);
+    out[j] = s;
+  }
+}
+__device__ __forceinline__ void sum_rows(const double *partial, double *out, int parts, int n, int tid,
+                                         int threads) {
+  for (int j = tid; j < n; j += threads) {
+    double s = 0.0;
+    for (int k = 0; k < parts; ++k) s += __ldcg(&partial[(size_t)k * n + j]);
+    out[j] = s;
+  }
+}
+
 // The end of a two-level sum in the same launch. Every block has written its part of `partial`
 // ([parts, n]: row k is the sum over the k-th share of the input); the last block to finish sums
 // the rows in order into out (a fixed order, so the result does not depend on which block
-// finishes last) and re-arms the counter. `counter`: a zeroed u32 per device that every such
-// launch counts its finished blocks in, one launch at a time (candle's one stream). Called by
-// every thread of every block, after the block's writes to `partial`.
+// finishes last) and re-arms the counter. `counter`: a zeroed u32 that such launches count their
+// finished blocks in, one launch at a time (cuda.rs's `block_counter`: one per device and host
+// thread, whose launches one stream orders). Called by every thread of every block, after the
+// block's writes to `partial`. The fences around the count are thread 0's, after the barrier
+// that follows every thread's writes, as cooperative groups' grid synchronisation orders them.
 template <typename A>
 __device__ void finish_partials(const A *partial, A *out, int parts, int n, unsigned int *counter) {
   __shared__ bool last;
-  __threadfence();  // this thread's writes to `partial` before the count that follows them
-  __syncthreads();
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
-  if (tid == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+  __syncthreads();
+  if (tid == 0) {
+    __threadfence();
+    last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+    __threadfence();
+  }
   __syncthreads();
   if (!last) return;
-  __threadfence();
-  for (int j = tid; j < n; j += threads) {
-    A s = 0;
-    for (int k = 0; k < parts; ++k) s += __ldcg(&partial[(size_t)k * n + j]);  // past L1: other SMs wrote them
-    out[j] = s;
-  }
+  sum_rows(partial, out, parts, n, tid, threads);
   if (tid == 0) *counter = 0;
 }
 
