@@ -1,5 +1,8 @@
 //! Column sums of a `[rows, cols]` matrix in the accumulation dtype: the gradient of a bias
-//! added to every row. One pass over the matrix (each of up to [`CHUNKS`] chunks of rows summed
+//! added to every row; and channel sums of an `[outer, channels, inner]` tensor, the gradient of a
+//! bias along a middle dimension (LoSA's token mixer's down-projection bias), in one launch on
+//! CUDA where candle's composition widened the tensor and reduced it twice (three launches, two
+//! with a copy of their layout). One pass over the matrix (each of up to [`CHUNKS`] chunks of rows summed
 //! apart, then the chunks' sums added, in a fixed order: deterministic), where candle's
 //! composition widened a half-precision matrix to f32 (a full copy), summed a dimension of one
 //! (another), then reduced the rows with each thread block striding down one column.
@@ -28,6 +31,69 @@ pub(crate) fn column_sums(t: &Tensor, cols: usize) -> Result<Tensor> {
     let (chunks, per) = chunking(rows);
     let t = t.contiguous()?.reshape((rows, cols))?;
     t.apply_op1_no_bwd(&ColumnSums { chunks, per })
+}
+
+/// Σ over `outer` and `inner` of `t` viewed as `[outer, channels, inner]`, in f32 (f64 for f64).
+pub(crate) fn channel_sums(t: &Tensor, channels: usize, inner: usize) -> Result<Tensor> {
+    if channels == 0 || inner == 0 || !t.elem_count().is_multiple_of(channels * inner) {
+        bail!("{NAME}: {:?} is not a whole number of [{channels}, {inner}] blocks", t.dims());
+    }
+    let outer = t.elem_count() / (channels * inner);
+    let wide = if t.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    if outer == 0 {
+        return Tensor::zeros(channels, wide, t.device());
+    }
+    // Enough (channel, chunk) blocks to keep a GPU busy: about 256.
+    let chunks = 256usize.div_ceil(channels).clamp(1, outer);
+    let per = outer.div_ceil(chunks);
+    let t = t.contiguous()?.reshape((outer, channels, inner))?;
+    t.apply_op1_no_bwd(&ChannelSums { per })
+}
+
+/// The sums `[channels]`: chunk k summing outer rows `k·per ..` of each channel, then the chunks'
+/// sums added in order (on CUDA in the same launch).
+struct ChannelSums {
+    per: usize,
+}
+
+fn channel_sums_cpu<T: Elem>(s: &ChannelSums, (x, l): (&[T], &Layout)) -> Result<(CpuStorage, Shape)> {
+    let x = slice(x, l, NAME)?;
+    let &[_, channels, inner] = l.dims() else { bail!("{NAME}: channel sums need [outer, channels, inner]") };
+    let parts: Vec<Vec<T::A>> = x
+        .par_chunks(s.per * channels * inner)
+        .map(|rows| {
+            let mut acc = vec![<T::A as Acc>::ZERO; channels];
+            for row in rows.chunks(inner).enumerate() {
+                let (i, row) = row;
+                acc[i % channels] += row.iter().fold(<T::A as Acc>::ZERO, |a, v| a + v.load());
+            }
+            acc
+        })
+        .collect();
+    let mut sums = vec![<T::A as Acc>::ZERO; channels];
+    for part in &parts {
+        sums.iter_mut().zip(part).for_each(|(s, p)| *s += *p);
+    }
+    Ok((WithDType::to_cpu_storage_owned(sums), Shape::from(channels)))
+}
+
+impl CustomOp1 for ChannelSums {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_dispatch!(NAME, channel_sums_cpu(self; s: l))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::channel_sums((s, l), self.per)
+    }
 }
 
 /// `(chunks, rows per chunk)` for `rows` rows.

@@ -817,3 +817,43 @@ fn col_sums<T: Kern>(x: In, chunks: usize, per: usize) -> Result<(CudaStorage, S
     unsafe { args.launch(config) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(sums, dev.clone()), Shape::from(cols)))
 }
+
+/// Sums of an `[outer, channels, inner]` input over outer and inner: per chunk of `per` outer rows
+/// and channel, then over the chunks in order, in one launch; `[channels]` in the accumulation
+/// type.
+pub(crate) fn channel_sums(x: In, per: usize) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(x.0.dtype(), chan_sums(x, per))
+}
+
+fn chan_sums<T: Kern>(x: In, per: usize) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let &[outer, channels, inner] = x.1.dims() else {
+        bail!("channel_sums: input must be [outer, channels, inner]")
+    };
+    let ints = [outer, channels, inner, per].map(i32::try_from);
+    let [Ok(outer_i), Ok(channels_i), Ok(inner_i), Ok(per_i)] = ints else {
+        bail!("channel_sums: {:?} is too large for one launch", x.1.dims());
+    };
+    let chunks = outer.div_ceil(per.max(1));
+    let xv = view::<T>(x)?;
+    // SAFETY: block (c, k) writes element c of row k of partial, the grid covers every channel and
+    // all `chunks` rows, and the last block to finish writes all channels' sums.
+    let (partial, sums) = unsafe { (dev.alloc::<T::A>(chunks * channels)?, dev.alloc::<T::A>(channels)?) };
+    poison(dev, &sums)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("channel_sums"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&xv);
+    args.arg(&partial);
+    args.arg(&sums);
+    builder_arg!(args, outer_i, channels_i, inner_i, per_i, block_counter(dev)?);
+    let config = LaunchConfig {
+        grid_dim: (channels as u32, chunks as u32, 1),
+        block_dim: (BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match `channel_sums_<dtype>(const T*, A*, A*, int, int, int, int,
+    // unsigned int*)`; x holds outer·channels·inner elements, partial chunks·channels, sums
+    // channels, the counter one zeroed u32.
+    unsafe { args.launch(config) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(sums, dev.clone()), Shape::from(channels)))
+}

@@ -638,6 +638,26 @@ __device__ void column_sums(const T *x, typename Acc<T>::type *partial, typename
   finish_partials(partial, sums, gridDim.y, cols, counter);
 }
 
+// Sums of x viewed as [outer, channels, inner] over outer and inner, per channel: block (c, k)
+// sums outer rows k·per .. of channel c (each row's inner elements contiguous) into
+// partial[k][c]; the last block sums the chunks in order into sums. 1-D blocks of a multiple of
+// 32 threads.
+template <typename T>
+__device__ void channel_sums(const T *x, typename Acc<T>::type *partial, typename Acc<T>::type *sums, int outer,
+                             int channels, int inner, int per, unsigned int *counter) {
+  typedef typename Acc<T>::type A;
+  __shared__ A buf[32];
+  const int c = blockIdx.x, o0 = blockIdx.y * per, o1 = min(outer, o0 + per);
+  A s = 0;
+  for (int o = o0; o < o1; ++o) {
+    const T *row = x + ((size_t)o * channels + c) * inner;
+    for (int i = threadIdx.x; i < inner; i += blockDim.x) s += ld(row[i]);
+  }
+  s = block_sum(s, buf);
+  if (threadIdx.x == 0) partial[(size_t)blockIdx.y * channels + c] = s;
+  finish_partials(partial, sums, gridDim.y, channels, counter);
+}
+
 // Rows up to this many elements per lane (32 · 12 = 384: attention over ViT-B/16's 197 tokens and
 // ViT-H/14's 257) stay in registers through the softmax: one read and one exponential per element
 // instead of three reads and two.
@@ -795,6 +815,11 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
   extern "C" __global__ void column_sums_##S(const T *x, Acc<T>::type *partial, Acc<T>::type *sums, \
                                              int rows, int cols, int per, unsigned int *counter) { \
     column_sums<T>(x, partial, sums, rows, cols, per, counter);                                    \
+  }                                                                                                \
+  extern "C" __global__ void channel_sums_##S(const T *x, Acc<T>::type *partial, Acc<T>::type *sums,\
+                                              int outer, int channels, int inner, int per,         \
+                                              unsigned int *counter) {                             \
+    channel_sums<T>(x, partial, sums, outer, channels, inner, per, counter);                       \
   }                                                                                                \
   extern "C" __global__ void softmax_fwd_##S(const T *x, T *y, int rows, int d, double scale) {    \
     softmax_fwd<T>(x, y, rows, d, scale);                                                          \

@@ -85,16 +85,11 @@ pub(crate) fn distinct(dtypes: impl IntoIterator<Item = DType>) -> Vec<DType> {
 /// `t` viewed as `[outer, channels, inner]`, summed over `outer` and `inner`: the gradient of a
 /// bias added along `channels`. Half types are summed in f32 (candle's CPU sum accumulates in the
 /// tensor's dtype, and a bf16 sum over batch × tokens elements loses most of its digits), so the
-/// result is in the accumulation dtype. A bias along the last dimension (`inner` 1, the common
-/// and large case) takes the one-pass column sums.
+/// result is in the accumulation dtype. One pass (column_sums.rs): column sums for a bias along
+/// the last dimension (`inner` 1, the common and large case), channel sums otherwise.
 pub(crate) fn sum_along(t: &Tensor, channels: usize, inner: usize) -> Result<Tensor> {
-    if inner == 1 {
-        return column_sums::column_sums(t, channels);
+    match inner {
+        1 => column_sums::column_sums(t, channels),
+        _ => column_sums::channel_sums(t, channels, inner),
     }
-    let wide = match t.dtype() {
-        DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
-        _ => t.clone(),
-    };
-    let outer = t.elem_count() / (channels * inner).max(1);
-    wide.reshape((outer, channels, inner))?.sum(2)?.sum(0)
 }

@@ -384,6 +384,9 @@ fn sum_along_matches_f64_sums_of_the_same_values() {
         (vec![65, 7], 7, 1),
         (vec![4100, 3], 3, 1),
         (vec![3, 4, 5], 4, 5),
+        // LoSA's token-mixer bias: [batch, rank, width], more chunks than rows per chunk.
+        (vec![40, 8, 97], 8, 97),
+        (vec![300, 3, 2], 3, 2),
     ] {
         for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
             let t = normal(&shape, 1.0, 21).to_dtype(dtype).unwrap();
