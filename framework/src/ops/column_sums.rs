@@ -70,10 +70,7 @@ fn channel_sums_cpu<T: Elem>(s: &ChannelSums, (x, l): (&[T], &Layout)) -> Result
             acc
         })
         .collect();
-    let mut sums = vec![<T::A as Acc>::ZERO; channels];
-    for part in &parts {
-        sums.iter_mut().zip(part).for_each(|(s, p)| *s += *p);
-    }
+    let sums = add_in_order(parts.iter().map(Vec::as_slice), channels);
     Ok((WithDType::to_cpu_storage_owned(sums), Shape::from(channels)))
 }
 
@@ -94,6 +91,16 @@ impl CustomOp1 for ChannelSums {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         super::cuda::channel_sums((s, l), self.per)
     }
+}
+
+/// The chunks' partial sums (each `n` long) added element by element, chunk after chunk: the
+/// order the CUDA kernels' last block adds them in.
+fn add_in_order<'a, A: Acc + 'a>(parts: impl Iterator<Item = &'a [A]>, n: usize) -> Vec<A> {
+    let mut sums = vec![A::ZERO; n];
+    for part in parts {
+        sums.iter_mut().zip(part).for_each(|(s, p)| *s += *p);
+    }
+    sums
 }
 
 /// `(chunks, rows per chunk)` for `rows` rows.
@@ -119,10 +126,7 @@ fn sums_cpu<T: Elem>(s: &ColumnSums, (x, l): (&[T], &Layout)) -> Result<(CpuStor
             acc.iter_mut().zip(row).for_each(|(a, v)| *a += v.load());
         }
     });
-    let mut sums = vec![<T::A as Acc>::ZERO; cols];
-    for part in out.chunks(cols) {
-        sums.iter_mut().zip(part).for_each(|(s, p)| *s += *p);
-    }
+    let sums = add_in_order(out.chunks(cols), cols);
     Ok((WithDType::to_cpu_storage_owned(sums), Shape::from(cols)))
 }
 

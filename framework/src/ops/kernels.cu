@@ -184,6 +184,28 @@ __device__ void vec_row_stats(const RowVecs<T> &r, int nv, int d, double eps, in
   *rstd = A(1) / sqrt_(warp_sum(s2) / A(d) + A(eps));
 }
 
+// mean(g w) and mean(g w xhat) over a row held by the warp's lanes (x and g as `load_row` holds
+// them): the two row means of the LayerNorm's input gradient.
+template <typename T, typename A>
+__device__ void vec_grad_means(const RowVecs<T> &rx, const RowVecs<T> &rg, const T *w, int nv, int d, int lane,
+                               A mean, A rstd, A *m1, A *m2) {
+  constexpr int V = RowVecs<T>::V;
+  A s1 = 0, s2 = 0;
+#pragma unroll
+  for (int k = 0; k < RowVecs<T>::K; ++k) {
+    if (lane + 32 * k >= nv) continue;
+    const auto wv = vload(w + (lane + 32 * k) * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const A gw = ld(rg.v[k].v[e]) * ld(wv.v[e]);
+      s1 += gw;
+      s2 += gw * (ld(rx.v[k].v[e]) - mean) * rstd;
+    }
+  }
+  *m1 = warp_sum(s1) / A(d);
+  *m2 = warp_sum(s2) / A(d);
+}
+
 // One warp per row (no block barriers: a row of a ViT's width is a few dozen elements per lane,
 // and a block per row spent most of its time waiting at the reductions' barriers):
 // y = (x - mean) / std * w + b. A warp past the last row returns as a whole.
@@ -236,20 +258,8 @@ __device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, const T *ad
     load_row(x, nv, lane, rx);
     load_row(g, nv, lane, rg);
     vec_row_stats(rx, nv, d, eps, lane, &mean, &rstd);
-    A s1 = 0, s2 = 0;
-#pragma unroll
-    for (int k = 0; k < RowVecs<T>::K; ++k) {
-      if (lane + 32 * k >= nv) continue;
-      const auto wv = vload(w + (lane + 32 * k) * V);
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        const A gw = ld(rg.v[k].v[e]) * ld(wv.v[e]);
-        s1 += gw;
-        s2 += gw * (ld(rx.v[k].v[e]) - mean) * rstd;
-      }
-    }
-    const A m1 = warp_sum(s1) / A(d);
-    const A m2 = warp_sum(s2) / A(d);
+    A m1, m2;
+    vec_grad_means(rx, rg, w, nv, d, lane, mean, rstd, &m1, &m2);
 #pragma unroll
     for (int k = 0; k < RowVecs<T>::K; ++k) {
       const int j = (lane + 32 * k) * V;
@@ -372,20 +382,8 @@ __device__ void layer_norm_bwd(const T *x, const T *w, const T *g, const T *add,
     load_row(g + at, nv, lane, rg);
     A mean, rstd;
     vec_row_stats(rx, nv, d, eps, lane, &mean, &rstd);
-    A s1 = 0, s2 = 0;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      if (lane + 32 * k >= nv) continue;
-      const auto wv = vload(w + (lane + 32 * k) * V);
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        const A gw = ld(rg.v[k].v[e]) * ld(wv.v[e]);
-        s1 += gw;
-        s2 += gw * (ld(rx.v[k].v[e]) - mean) * rstd;
-      }
-    }
-    const A m1 = warp_sum(s1) / A(d);
-    const A m2 = warp_sum(s2) / A(d);
+    A m1, m2;
+    vec_grad_means(rx, rg, w, nv, d, lane, mean, rstd, &m1, &m2);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int j = (lane + 32 * k) * V;
