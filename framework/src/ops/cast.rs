@@ -25,15 +25,11 @@ pub fn cast_all(tensors: &[Tensor], dtype: DType) -> Result<Vec<Tensor>> {
 #[cfg(feature = "cuda")]
 fn cuda_casts(tensors: &[Tensor], dtype: DType, mut out: Vec<Option<Tensor>>) -> Result<Vec<Option<Tensor>>> {
     use candle_core::{Storage, op::BackpropOp};
-    let with_kernel = |from: DType| {
-        matches!(
-            (from, dtype),
-            (DType::F32, DType::BF16 | DType::F16 | DType::F64)
-                | (DType::BF16 | DType::F16 | DType::F64, DType::F32)
-        )
-    };
     let eligible = |t: &Tensor| {
-        t.device().is_cuda() && t.is_contiguous() && t.elem_count() > 0 && with_kernel(t.dtype())
+        t.device().is_cuda()
+            && t.is_contiguous()
+            && t.elem_count() > 0
+            && super::cuda::casts(t.dtype(), dtype)
     };
     let mut todo: Vec<usize> =
         (0..tensors.len()).filter(|&i| out[i].is_none() && eligible(&tensors[i])).collect();

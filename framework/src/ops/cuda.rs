@@ -646,6 +646,15 @@ fn padded<T>(x: usize) -> usize {
     x.next_multiple_of(VEC_BYTES / std::mem::size_of::<T>())
 }
 
+/// Whether [`cast_many`] has a kernel from `from` to `to`: between f32 and each other float type.
+pub(crate) fn casts(from: DType, to: DType) -> bool {
+    matches!(
+        (from, to),
+        (DType::F32, DType::BF16 | DType::F16 | DType::F64)
+            | (DType::BF16 | DType::F16 | DType::F64, DType::F32)
+    )
+}
+
 /// The contiguous `tensors` (of dtype `S`, non-empty, on `dev`) cast to `D` into one new buffer,
 /// one launch per `MANY` tensors, and where each starts in it (in elements): every start on a
 /// 16-byte boundary, so that the results take the kernels' vector paths as fresh tensors do.
