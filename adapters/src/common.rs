@@ -106,7 +106,12 @@ impl Head {
 
     /// Logits for normed tokens [batch, tokens, width].
     pub fn forward(&self, vit: &Vit, tokens: &Tensor) -> Result<Tensor> {
-        let pooled = vit.pool(tokens, self.pool)?.to_dtype(self.weight.dtype())?;
+        self.classify(&vit.pool(tokens, self.pool)?)
+    }
+
+    /// Logits for pooled features [batch, width].
+    pub fn classify(&self, pooled: &Tensor) -> Result<Tensor> {
+        let pooled = pooled.to_dtype(self.weight.dtype())?;
         pooled.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())
     }
 

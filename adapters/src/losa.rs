@@ -214,15 +214,14 @@ impl Losa {
                 y = (&y + self.mix(parts, &z, eps, train)?)?;
             }
         }
-        // The backbone's final norm (frozen, but differentiable in y) then the head, so that with
-        // g ≡ 0 this is exactly the linear probe on the backbone's final features.
-        // Detached: the norm's parameters are the backbone's and must get no gradient.
-        let norm = LayerNorm {
-            weight: vit.norm.weight.detach().to_dtype(params)?,
-            bias: vit.norm.bias.detach().to_dtype(params)?,
-            eps: vit.norm.eps,
-        };
-        self.head.forward(vit, &norm.forward(&y.to_dtype(params)?)?)
+        // The backbone's final norm (frozen, but differentiable in y), pooled, then the head, so
+        // that with g ≡ 0 this is exactly the linear probe on the backbone's final features; in
+        // the head's dtype, in one op (ops::layer_norm_pool: the norm of only the pooled tokens,
+        // read once). Detached: the norm's parameters are the backbone's and get no gradient.
+        let (weight, bias) =
+            (vit.norm.weight.detach().to_dtype(params)?, vit.norm.bias.detach().to_dtype(params)?);
+        let tokens = vit.pooled_tokens(y.dim(1)?, self.head.pool);
+        self.head.classify(&ops::layer_norm_pool(&y, &weight, &bias, vit.norm.eps, tokens)?)
     }
 }
 

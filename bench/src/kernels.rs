@@ -36,6 +36,9 @@ enum Op {
     MergeHeads,
     /// `x + m + bias`, differentiable.
     BiasResidual,
+    /// The mean over tokens `first..last` of a frozen LayerNorm (f32 scale and shift, as LoSA's
+    /// head reads the backbone's final norm), differentiable in x.
+    NormPool(usize, usize),
 }
 
 /// The mixers of [`Op::Side`]: channel then token, with norms.
@@ -52,6 +55,7 @@ impl Op {
             Op::SplitHeads(heads) => format!("split_heads({heads} heads)"),
             Op::MergeHeads => "merge_heads".into(),
             Op::BiasResidual => "bias_residual".into(),
+            Op::NormPool(first, last) => format!("layer_norm_pool(tokens {first}..{last})"),
         }
     }
 
@@ -62,7 +66,7 @@ impl Op {
         let x = (seeded_normal(shape, 1.5, 1, &cpu)? + 0.3)?;
         let d = shape[shape.len() - 1];
         Ok(match self {
-            Op::LayerNorm => {
+            Op::LayerNorm | Op::NormPool(..) => {
                 vec![x, (seeded_normal(d, 0.2, 2, &cpu)? + 1.0)?, seeded_normal(d, 0.2, 3, &cpu)?]
             }
             Op::BiasGelu(dim) => vec![x, seeded_normal(shape[dim], 0.5, 4, &cpu)?],
@@ -109,6 +113,7 @@ impl Op {
                 vec![3, b, heads, n, w3 / (3 * heads)]
             }
             Op::MergeHeads => vec![shape[0], shape[2], shape[1] * shape[3]],
+            Op::NormPool(..) => vec![shape[0], shape[2]],
             _ => shape.to_vec(),
         }
     }
@@ -118,6 +123,7 @@ impl Op {
         match self {
             Op::Residual => 0,
             Op::Side(_) => inputs - 1,
+            Op::NormPool(..) => 1,
             _ => inputs,
         }
     }
@@ -130,7 +136,7 @@ impl Op {
             Op::Residual => vec![],
             Op::Softmax => vec!["dx"],
             Op::SplitHeads(_) => vec!["dx", "dbias"],
-            Op::MergeHeads => vec!["dx"],
+            Op::MergeHeads | Op::NormPool(..) => vec!["dx"],
             Op::BiasResidual => vec!["dx", "dm", "dbias"],
             Op::Side(_) => {
                 let mut g = vec!["dy"];
@@ -175,16 +181,29 @@ impl Op {
             Op::SplitHeads(heads) => ops::split_heads(&t[0], &t[1], heads),
             Op::MergeHeads => ops::merge_heads(&t[0]),
             Op::BiasResidual => ops::bias_residual(&t[0], &t[1], &t[2]),
+            Op::NormPool(first, last) => {
+                let (w, b) = (Self::head_dtype(&t[1])?, Self::head_dtype(&t[2])?);
+                ops::layer_norm_pool(&t[0], &w, &b, 1e-6, first..last)
+            }
         }
+    }
+
+    /// A head's parameter for `NormPool`: f32 (f64 in an f64 check), so that the op's kernels
+    /// take it.
+    fn head_dtype(t: &Tensor) -> Result<Tensor> {
+        t.to_dtype(if t.dtype() == DType::F64 { DType::F64 } else { DType::F32 })
     }
 
     /// The composition of candle primitives each op replaces.
     fn unfused(self, t: &[Tensor]) -> Result<Tensor> {
         match self {
-            Op::LayerNorm => {
-                let centred = t[0].broadcast_sub(&t[0].mean_keepdim(D::Minus1)?)?;
-                let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-                centred.broadcast_div(&(var + 1e-6)?.sqrt()?)?.broadcast_mul(&t[1])?.broadcast_add(&t[2])
+            Op::LayerNorm => layer_norm_unfused(&t[0], &t[1], &t[2]),
+            // As LoSA's head composed it: the stream cast to the head's dtype, the norm, the mean.
+            Op::NormPool(first, last) => {
+                let (w, b) = (Self::head_dtype(&t[1])?, Self::head_dtype(&t[2])?);
+                layer_norm_unfused(&t[0].to_dtype(w.dtype())?, &w, &b)?
+                    .narrow(1, first, last - first)?
+                    .mean(1)
             }
             Op::BiasGelu(dim) => {
                 let mut shape = vec![1; t[0].rank()];
@@ -233,6 +252,13 @@ impl Op {
     }
 }
 
+/// The LayerNorm from candle primitives.
+fn layer_norm_unfused(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred.broadcast_div(&(var + 1e-6)?.sqrt()?)?.broadcast_mul(w)?.broadcast_add(b)
+}
+
 /// The output and the gradient of `sum(f(inputs) · probe)` for each of the first `trainable` inputs,
 /// taken from the store that `backward` makes.
 fn run(
@@ -250,7 +276,8 @@ fn run(
     if vars.is_empty() {
         return Ok(out);
     }
-    let grads = backward(&(&y * probe)?.sum_all()?)?;
+    // The probe in the output's dtype (a pooled norm's output is in its parameters').
+    let grads = backward(&(&y * probe.to_dtype(y.dtype())?)?.sum_all()?)?;
     for v in &vars {
         out.push(grads.get(v.as_tensor()).cloned().ok_or(candle_core::Error::Msg("no gradient".into()))?);
     }
@@ -445,6 +472,12 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::MergeHeads, vec![2, 3, 5, 4]),
         (Op::BiasResidual, vec![64, 197, 768]),
         (Op::BiasResidual, vec![7, 5, 3]),
+        // LoSA's head on ViT-B/16: the patch tokens' mean, and the class token; then small odd
+        // shapes, and a width past the vector path (composed on the GPU).
+        (Op::NormPool(1, 197), vec![64, 197, 768]),
+        (Op::NormPool(0, 1), vec![64, 197, 768]),
+        (Op::NormPool(2, 7), vec![3, 7, 48]),
+        (Op::NormPool(1, 5), vec![2, 5, 1288]),
     ];
     let mut ok = true;
     println!("# fused ops on {device:?} against the CPU fallback (error = max |device − cpu| / max |cpu|)");

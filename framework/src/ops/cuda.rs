@@ -866,3 +866,145 @@ fn chan_sums<T: Kern>(x: In, per: usize) -> Result<(CudaStorage, Shape)> {
     unsafe { args.launch(config) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(sums, dev.clone()), Shape::from(channels)))
 }
+
+/// Whether `layer_norm_pool`'s kernels take these (contiguous) tensors: rows of the LayerNorm
+/// vector path (f32, f16 or bf16, a width of whole vectors up to 32 × `LN_LANE_ELEMS`), an f32
+/// scale and shift, every pointer on a 16-byte boundary.
+pub(crate) fn norm_pool_fits(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+) -> Result<bool> {
+    const OP: &str = "layer_norm_pool";
+    let d = w.elem_count();
+    let x_ptr = match x.dtype() {
+        DType::F32 if padded::<f32>(d) == d => raw::<f32>(x, OP)?.0,
+        DType::F16 if padded::<half::f16>(d) == d => raw::<half::f16>(x, OP)?.0,
+        DType::BF16 if padded::<half::bf16>(d) == d => raw::<half::bf16>(x, OP)?.0,
+        _ => return Ok(false),
+    };
+    if d == 0 || d > 32 * LN_LANE_ELEMS || w.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        return Ok(false);
+    }
+    let ptrs = [x_ptr, raw::<f32>(w, OP)?.0, raw::<f32>(b, OP)?.0];
+    Ok(ptrs.iter().all(|p| p.is_multiple_of(VEC_BYTES as u64)))
+}
+
+/// `[batch, tokens, d]`, `tokens` and a pooled range as the kernels' ints.
+fn pool_dims(x: &Layout, tokens: &std::ops::Range<usize>) -> Result<([usize; 3], [i32; 4])> {
+    let &[batch, n, d] = x.dims() else { bail!("layer_norm_pool: x must be [batch, tokens, d]") };
+    let ints = [n, tokens.start, tokens.end, d].map(i32::try_from);
+    match ints {
+        [Ok(n_i), Ok(first), Ok(last), Ok(d_i)] if batch * n <= i32::MAX as usize / 32 => {
+            Ok(([batch, n, d], [n_i, first, last, d_i]))
+        }
+        _ => bail!("layer_norm_pool: {:?} is too large for one launch", x.dims()),
+    }
+}
+
+/// The pooled LayerNorm's forward (kernels.cu's `layer_norm_pool_fwd`) for inputs that
+/// [`norm_pool_fits`] takes: `[batch, d]` f32, in one launch.
+pub(crate) fn layer_norm_pool_fwd(
+    x: In,
+    w: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+    tokens: std::ops::Range<usize>,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    match x.0.dtype() {
+        DType::F32 => pool_fwd::<f32>(x, w, b, tokens, eps),
+        DType::F16 => pool_fwd::<half::f16>(x, w, b, tokens, eps),
+        DType::BF16 => pool_fwd::<half::bf16>(x, w, b, tokens, eps),
+        other => bail!("layer_norm_pool: no CUDA kernel for {other:?}"),
+    }
+}
+
+fn pool_fwd<T: Kern>(
+    x: In,
+    w: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+    tokens: std::ops::Range<usize>,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "layer_norm_pool";
+    let dev = &x.0.device;
+    let ([batch, _, d], [n, first, last, d_i]) = pool_dims(x.1, &tokens)?;
+    if batch == 0 || batch > 65535 {
+        bail!("{OP}: a batch of {batch} does not fit one launch");
+    }
+    let xv = view::<T>(x)?;
+    let (wp, bp) = (raw::<f32>(w, OP)?.0, raw::<f32>(b, OP)?.0);
+    // Blocks per image: about two blocks per multiprocessor in all, none without a row.
+    let chunks = (2 * multiprocessors(dev)?).div_ceil(batch).clamp(1, tokens.len().div_ceil(BLOCK / 32));
+    // SAFETY: block (c, i) writes all d elements of partial[c][i], the grid covers every c and i,
+    // and the last block to finish writes all batch·d outputs.
+    let (partial, out) = unsafe { (dev.alloc::<f32>(chunks * batch * d)?, dev.alloc::<f32>(batch * d)?) };
+    poison(dev, &out)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("layer_norm_pool_fwd"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&xv);
+    builder_arg!(args, wp, bp);
+    args.arg(&partial);
+    args.arg(&out);
+    builder_arg!(args, n, first, last, d_i, eps, block_counter(dev)?);
+    let config = LaunchConfig {
+        grid_dim: (chunks as u32, batch as u32, 1),
+        block_dim: (BLOCK as u32, 1, 1),
+        shared_mem_bytes: (d * std::mem::size_of::<f32>()) as u32,
+    };
+    // SAFETY: the arguments match `layer_norm_pool_fwd_<dtype>(const T*, const float*, const
+    // float*, float*, float*, int, int, int, int, double, unsigned int*)`; x holds batch·n·d
+    // elements, w and b d, partial chunks·batch·d, out batch·d, the counter one zeroed u32, and
+    // the dynamic shared memory d accumulators (at most 5 KB: d ≤ 1280).
+    unsafe { args.launch(config) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((batch, d))))
+}
+
+/// The pooled LayerNorm's input gradient (kernels.cu's `layer_norm_pool_bwd`) from `x` and the
+/// output gradient `g` (`[batch, d]` f32), for inputs that [`norm_pool_fits`] takes.
+pub(crate) fn layer_norm_pool_bwd(
+    x: In,
+    g: In,
+    w: &candle_core::Tensor,
+    tokens: std::ops::Range<usize>,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    match x.0.dtype() {
+        DType::F32 => pool_bwd::<f32>(x, g, w, tokens, eps),
+        DType::F16 => pool_bwd::<half::f16>(x, g, w, tokens, eps),
+        DType::BF16 => pool_bwd::<half::bf16>(x, g, w, tokens, eps),
+        other => bail!("layer_norm_pool: no CUDA kernel for {other:?}"),
+    }
+}
+
+fn pool_bwd<T: Kern>(
+    x: In,
+    g: In,
+    w: &candle_core::Tensor,
+    tokens: std::ops::Range<usize>,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let ([batch, n, d], [n_i, first, last, d_i]) = pool_dims(x.1, &tokens)?;
+    if g.1.dims() != [batch, d] {
+        bail!("layer_norm_pool backward: gradient {:?} for [{batch}, {d}]", g.1.dims());
+    }
+    let (xv, gv) = (view::<T>(x)?, view::<f32>(g)?);
+    let wp = raw::<f32>(w, "layer_norm_pool")?.0;
+    let rows = batch * n;
+    // SAFETY: written in full by the kernel below: warp r writes all d elements of row r (zeros
+    // outside the pooled tokens), and all rows get a warp.
+    let dx = unsafe { dev.alloc::<T>(rows * d)? };
+    poison(dev, &dx)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("layer_norm_pool_bwd"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&xv);
+    builder_arg!(args, wp);
+    args.arg(&gv);
+    args.arg(&dx);
+    builder_arg!(args, rows as i32, n_i, first, last, d_i, eps);
+    // SAFETY: the arguments match `layer_norm_pool_bwd_<dtype>(const T*, const float*, const
+    // float*, T*, int, int, int, int, int, double)`; x and dx hold rows·d elements, w d, g batch·d.
+    unsafe { args.launch(warp_rows_config(rows)?) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), x.1.shape().clone()))
+}

@@ -336,8 +336,9 @@ __device__ __forceinline__ void sum_rows(const double *partial, double *out, int
 // thread, whose launches one stream orders). Called by every thread of every block, after the
 // block's writes to `partial`. The fences around the count are thread 0's, after the barrier
 // that follows every thread's writes, as cooperative groups' grid synchronisation orders them.
+// Returns, to every thread, whether its block was the last (the one that wrote out).
 template <typename A>
-__device__ void finish_partials(const A *partial, A *out, int parts, int n, unsigned int *counter) {
+__device__ bool finish_partials(const A *partial, A *out, int parts, int n, unsigned int *counter) {
   __shared__ bool last;
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
   __syncthreads();
@@ -347,9 +348,10 @@ __device__ void finish_partials(const A *partial, A *out, int parts, int n, unsi
     __threadfence();
   }
   __syncthreads();
-  if (!last) return;
+  if (!last) return false;
   sum_rows(partial, out, parts, n, tid, threads);
   if (tid == 0) *counter = 0;
+  return true;
 }
 
 // LayerNorm's input, scale and shift gradients in one pass over x and g, for rows the vector path
@@ -656,6 +658,113 @@ __device__ void channel_sums(const T *x, typename Acc<T>::type *partial, typenam
   finish_partials(partial, sums, gridDim.y, channels, counter);
 }
 
+// The mean over tokens [first, last) of each image's LayerNorm'd rows, for rows the vector path
+// takes (the caller checks), x [batch, tokens, d]: out[b] = w · mean_t(x̂_bt) + bias (the affine
+// commutes with the mean, so it is applied once, to the sums). Block (c, b) sums x̂ over the
+// tokens first + c·warps + warp, first + (c + gridDim.x)·warps + warp, ... of image b, each lane
+// its own columns in registers, then the block's warps add theirs in warp order in shared memory
+// into partial[c][b] ([gridDim.x, batch, d]); the last block sums the partials in order over c
+// and applies the affine. A fixed summation order, no atomics on the values. Blocks of
+// blockDim.x threads, d accumulators of dynamic shared memory.
+template <typename T>
+__device__ void layer_norm_pool_fwd(const T *x, const float *w, const float *bias, float *partial, float *out,
+                                    int tokens, int first, int last, int d, double eps,
+                                    unsigned int *counter) {
+  constexpr int V = RowVecs<T>::V, K = RowVecs<T>::K;
+  extern __shared__ __align__(16) unsigned char raw[];
+  float *acc = reinterpret_cast<float *>(raw);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int nv = d / V, batch = gridDim.y;
+  float s[K][V];
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int e = 0; e < V; ++e) s[k][e] = 0.f;
+  const T *image = x + (size_t)blockIdx.y * tokens * d;
+  for (int t = first + blockIdx.x * warps + warp; t < last; t += gridDim.x * warps) {
+    RowVecs<T> r;
+    load_row(image + (size_t)t * d, nv, lane, r);
+    float mean, rstd;
+    vec_row_stats(r, nv, d, eps, lane, &mean, &rstd);
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (lane + 32 * k < nv)
+#pragma unroll
+        for (int e = 0; e < V; ++e) s[k][e] += (ld(r.v[k].v[e]) - mean) * rstd;
+  }
+  for (int j = threadIdx.x; j < d; j += blockDim.x) acc[j] = 0.f;
+  __syncthreads();
+  for (int turn = 0; turn < warps; ++turn) {
+    if (warp == turn)
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        if (lane + 32 * k < nv)
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[(lane + 32 * k) * V + e] += s[k][e];
+    __syncthreads();
+  }
+  float *mine = partial + ((size_t)blockIdx.x * batch + blockIdx.y) * d;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) mine[j] = acc[j];
+  if (!finish_partials(partial, out, gridDim.x, batch * d, counter)) return;
+  // out holds the sums, written by this block's threads in sum_rows' own pattern: wait for all.
+  __syncthreads();
+  const float scale = 1.f / float(last - first);
+  for (int i = threadIdx.x; i < batch * d; i += blockDim.x) {
+    const int j = i % d;
+    out[i] = out[i] * scale * w[j] + bias[j];
+  }
+}
+
+// The input gradient of `layer_norm_pool_fwd` for g = d loss / d out ([batch, d], f32): one warp
+// per row of x ([batch, tokens, d], rows the vector path takes). A row of a pooled token t gets
+// the LayerNorm's input gradient for the output gradient g[b] / (last − first); the others 0.
+template <typename T>
+__device__ void layer_norm_pool_bwd(const T *x, const float *w, const float *g, T *dx, int rows, int tokens,
+                                    int first, int last, int d, double eps) {
+  constexpr int V = RowVecs<T>::V, K = RowVecs<T>::K;
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int t = row % tokens, nv = d / V;
+  x += (size_t)row * d;
+  dx += (size_t)row * d;
+  if (t < first || t >= last) {
+    typename VecOf<T>::type zero;
+#pragma unroll
+    for (int e = 0; e < V; ++e) st(&zero.v[e], 0.f);
+    for (int k = lane; k < nv; k += 32) vstore(dx + (size_t)k * V, zero);
+    return;
+  }
+  g += (size_t)(row / tokens) * d;
+  const float scale = 1.f / float(last - first);
+  RowVecs<T> r;
+  load_row(x, nv, lane, r);
+  float mean, rstd;
+  vec_row_stats(r, nv, d, eps, lane, &mean, &rstd);
+  float gw[K][V], s1 = 0.f, s2 = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (lane + 32 * k < nv)
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const int j = (lane + 32 * k) * V + e;
+        gw[k][e] = g[j] * scale * w[j];
+        s1 += gw[k][e];
+        s2 += gw[k][e] * (ld(r.v[k].v[e]) - mean) * rstd;
+      }
+  const float m1 = warp_sum(s1) / float(d), m2 = warp_sum(s2) / float(d);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (lane + 32 * k >= nv) continue;
+    typename VecOf<T>::type o;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const float xhat = (ld(r.v[k].v[e]) - mean) * rstd;
+      st(&o.v[e], rstd * (gw[k][e] - m1 - xhat * m2));
+    }
+    vstore(dx + (size_t)(lane + 32 * k) * V, o);
+  }
+}
+
 // Rows up to this many elements per lane (32 · 12 = 384: attention over ViT-B/16's 197 tokens and
 // ViT-H/14's 257) stay in registers through the softmax: one read and one exponential per element
 // instead of three reads and two.
@@ -832,6 +941,23 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                              int split, int has_bias) {                            \
     split_heads<T>(src, bias, dst, n, batch, tokens, parts, heads, hd, split, has_bias);           \
   }
+
+// The pooled LayerNorm: f32, f16 and bf16 rows (the vector path), f32 scale, shift and output.
+#define NORM_POOL(T, S)                                                                            \
+  extern "C" __global__ void layer_norm_pool_fwd_##S(const T *x, const float *w, const float *bias, \
+                                                     float *partial, float *out, int tokens,      \
+                                                     int first, int last, int d, double eps,      \
+                                                     unsigned int *counter) {                     \
+    layer_norm_pool_fwd<T>(x, w, bias, partial, out, tokens, first, last, d, eps, counter);        \
+  }                                                                                                \
+  extern "C" __global__ void layer_norm_pool_bwd_##S(const T *x, const float *w, const float *g,   \
+                                                     T *dx, int rows, int tokens, int first,      \
+                                                     int last, int d, double eps) {               \
+    layer_norm_pool_bwd<T>(x, w, g, dx, rows, tokens, first, last, d, eps);                        \
+  }
+NORM_POOL(float, f32)
+NORM_POOL(__half, f16)
+NORM_POOL(__nv_bfloat16, bf16)
 
 LOSA_OPS(float, f32)
 LOSA_OPS(double, f64)

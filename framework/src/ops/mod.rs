@@ -12,7 +12,8 @@
 //! residual sums with their bias), `residual` (no graph), and `side_network`, LoSA's side network as
 //! a single op with a hand-written backward (see side.rs), which hands its parameters' gradients over
 //! through a `GradSink` (grad_sink.rs); `adamw_update`, the optimiser's step for
-//! many parameters, in place; `cast_all`, many small tensors cast at once; and, inside the
+//! many parameters, in place; `cast_all`, many small tensors cast at once; `layer_norm_pool`, a
+//! head's norm and pooling of a token sequence (norm_pool.rs); and, inside the
 //! backward passes, one-pass column sums for bias gradients (column_sums.rs).
 //!
 //! Every op takes f32, f64, f16 and bf16 and computes in f32 (f64 for f64), rounding once at the
@@ -33,6 +34,9 @@ mod fast_div;
 mod grad_sink;
 mod heads;
 mod layer_norm;
+mod norm_pool;
+#[cfg(test)]
+mod norm_pool_tests;
 mod residual;
 mod side;
 #[cfg(test)]
@@ -49,6 +53,7 @@ pub(crate) use cuda::prepare as prepare_cuda;
 pub use grad_sink::GradSink;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
+pub use norm_pool::layer_norm_pool;
 pub use residual::{bias_residual, residual};
 pub use side::{LowRankMix, SideBlock, side_network};
 pub use softmax::softmax;

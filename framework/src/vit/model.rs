@@ -2,6 +2,7 @@
 //! a fused qkv projection, final norm, and an optional head, with field names mirroring timm's.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use candle_core::{Result, Tensor};
 
@@ -224,19 +225,26 @@ impl Vit {
         Ok(self.forward(images, hooks, true)?.blocks)
     }
 
-    /// Pools normed tokens [batch, tokens, d] into [batch, d]: the class token (position 0), or the
-    /// mean of the patch tokens (the last `num_patches` positions, so prompts inserted after the
-    /// class token are left out).
+    /// The positions that `pool` reads of a sequence of `tokens`: the class token (position 0), or
+    /// the patch tokens (the last `num_patches` positions, so prompts inserted after the class
+    /// token are left out).
+    pub fn pooled_tokens(&self, tokens: usize, pool: Pool) -> Range<usize> {
+        match pool {
+            Pool::Token => 0..1,
+            Pool::Mean => tokens.saturating_sub(self.config.num_patches())..tokens,
+        }
+    }
+
+    /// Pools normed tokens [batch, tokens, d] into [batch, d]: the class token, or the mean of the
+    /// patch tokens ([`Vit::pooled_tokens`]).
     pub fn pool(&self, tokens: &Tensor, pool: Pool) -> Result<Tensor> {
+        let range = self.pooled_tokens(tokens.dim(1)?, pool);
+        let pooled = tokens.narrow(1, range.start, range.len())?;
         match pool {
             // A copy, not the strided view: its rows lie `tokens × d` apart, and candle's CUDA
             // matmul (cuBLAS) takes no such row stride, so the head's product would fail there.
-            Pool::Token => tokens.narrow(1, 0, 1)?.squeeze(1)?.contiguous(),
-            Pool::Mean => {
-                let n = tokens.dim(1)?;
-                let patches = self.config.num_patches();
-                tokens.narrow(1, n - patches, patches)?.mean(1)
-            }
+            Pool::Token => pooled.squeeze(1)?.contiguous(),
+            Pool::Mean => pooled.mean(1),
         }
     }
 
