@@ -23,7 +23,7 @@ use losa_framework::vit::seeded_normal;
 enum Op {
     LayerNorm,
     BiasGelu(usize),
-    /// `a + m − minus + bias` (no backward).
+    /// `a + m − minus + plus + bias` (no backward).
     Residual,
     /// One LoSA side block (`ops::side_network` of one block), a channel then a token mixer of this
     /// rank.
@@ -75,6 +75,7 @@ impl Op {
                     x,
                     seeded_normal(shape, 1.0, 2, &cpu)?,
                     seeded_normal(shape, 1.0, 3, &cpu)?,
+                    seeded_normal(shape, 1.0, 5, &cpu)?,
                     seeded_normal(d, 0.5, 4, &cpu)?,
                 ]
             }
@@ -171,7 +172,9 @@ impl Op {
         match self {
             Op::LayerNorm => ops::layer_norm(&t[0], &t[1], &t[2], 1e-6),
             Op::BiasGelu(dim) => ops::bias_gelu(&t[0], &t[1], dim),
-            Op::Residual => ops::residual(&t[0], &t[1], Some(&t[2]), Some(&t[3])),
+            Op::Residual => {
+                ops::residual(&t[0], &t[1], ops::Terms { minus: Some(&t[2]), plus: Some(&t[3]) }, Some(&t[4]))
+            }
             Op::Side(_) => {
                 let last = t.len() - 1;
                 let block = ops::SideBlock { features: t[last].clone(), mixers: Self::mixes(&t[1..last]) };
@@ -210,7 +213,7 @@ impl Op {
                 shape[dim] = t[1].dim(0)?;
                 t[0].broadcast_add(&t[1].reshape(shape)?)?.gelu_erf()
             }
-            Op::Residual => (&t[0] + &t[1])?.sub(&t[2])?.broadcast_add(&t[3]),
+            Op::Residual => (&t[0] + &t[1])?.sub(&t[2])?.add(&t[3])?.broadcast_add(&t[4]),
             Op::Softmax => candle_nn::ops::softmax(&(&t[0] * 0.125)?, D::Minus1),
             Op::SplitHeads(heads) => {
                 let (b, n, w3) = t[0].dims3()?;

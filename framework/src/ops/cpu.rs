@@ -1,6 +1,6 @@
 //! CPU building blocks of the ops: element types with their accumulation type, and dtype dispatch.
 
-use std::ops::{Add, AddAssign, Div, Mul, Sub};
+use std::ops::{Add, AddAssign, Div, Mul, Sub, SubAssign};
 
 use candle_core::{Layout, Result, WithDType, bail};
 
@@ -12,6 +12,7 @@ pub(crate) trait Acc:
     + Add<Output = Self>
     + AddAssign
     + Sub<Output = Self>
+    + SubAssign
     + Mul<Output = Self>
     + Div<Output = Self>
     + WithDType

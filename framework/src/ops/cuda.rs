@@ -458,17 +458,17 @@ fn bg_bwd<T: Kern>(x: In, b: In, g: In, channels: usize, inner: usize) -> Result
     Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))
 }
 
-pub(crate) fn residual(a: In, m: In, minus: Option<In>, bias: Option<In>, d: usize) -> Result<CudaStorage> {
-    by_dtype!(a.0.dtype(), res_fwd(a, m, minus, bias, d))
+/// `a + m − minus + plus + bias`; `terms`: minus, plus and bias, each optional.
+pub(crate) fn residual(a: In, m: In, terms: [Option<In>; 3], d: usize) -> Result<CudaStorage> {
+    by_dtype!(a.0.dtype(), res_fwd(a, m, terms, d))
 }
 
-fn res_fwd<T: Kern>(a: In, m: In, minus: Option<In>, bias: Option<In>, d: usize) -> Result<CudaStorage> {
+fn res_fwd<T: Kern>(a: In, m: In, terms: [Option<In>; 3], d: usize) -> Result<CudaStorage> {
     let dev = &a.0.device;
     let n = a.1.shape().elem_count();
     let (av, mv) = (view::<T>(a)?, view::<T>(m)?);
-    // Absent inputs are passed as `a` and never read (their flags are 0).
-    let minus_v = minus.map(view::<T>).transpose()?;
-    let bias_v = bias.map(view::<T>).transpose()?;
+    let [minus, plus, bias] = terms.map(|t| t.map(view::<T>).transpose());
+    let (minus, plus, bias) = (minus?, plus?, bias?);
     // SAFETY: the grid-stride loop below writes every one of the n elements.
     let out = unsafe { dev.alloc::<T>(n)? };
     poison(dev, &out)?;
@@ -477,16 +477,18 @@ fn res_fwd<T: Kern>(a: In, m: In, minus: Option<In>, bias: Option<In>, d: usize)
         let mut args = func.builder();
         args.arg(&av);
         args.arg(&mv);
-        args.arg(minus_v.as_ref().unwrap_or(&av));
-        args.arg(bias_v.as_ref().unwrap_or(&av));
+        // Absent terms are passed as `a` and never read (their flags are 0).
+        args.arg(minus.as_ref().unwrap_or(&av));
+        args.arg(plus.as_ref().unwrap_or(&av));
+        args.arg(bias.as_ref().unwrap_or(&av));
         args.arg(&out);
         let d = FastDiv::new(d)?;
         builder_arg!(args, n as u64);
         args.arg(&d);
-        builder_arg!(args, minus.is_some() as i32, bias.is_some() as i32);
+        builder_arg!(args, minus.is_some() as i32, plus.is_some() as i32, bias.is_some() as i32);
         // SAFETY: the arguments match `residual_fwd_<dtype>(const T*, const T*, const T*, const T*,
-        // T*, uint64_t, FastDiv, int, int)`; a, m, minus (when flagged) and out hold n elements,
-        // bias (when flagged) d.
+        // const T*, T*, uint64_t, FastDiv, int, int, int)`; a, m, minus and plus (when flagged)
+        // and out hold n elements, bias (when flagged) d.
         unsafe { args.launch(vec_config::<T>(n)) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))

@@ -499,28 +499,30 @@ __device__ void bias_gelu_bwd(const T *x, const T *bias, const T *g, T *dx, uint
   }
 }
 
-// out = a + m - minus + bias[i % d]; `minus` and `bias` are read only when their flag is set (the
-// caller passes `a` in their place otherwise).
+// out = a + m - minus + plus + bias[i % d]; `minus`, `plus` and `bias` are read only when their
+// flag is set (the caller passes `a` in their place otherwise).
 template <typename T>
-__device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bias, T *out, uint64_t n,
-                             FastDiv d, int has_minus, int has_bias) {
+__device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *plus, const T *bias, T *out,
+                             uint64_t n, FastDiv d, int has_minus, int has_plus, int has_bias) {
   typedef typename Acc<T>::type A;
   constexpr int V = VecOf<T>::n;
   const FastDiv one = {1, 1, 0};
   const bool fast = n < FAST_DIV_LIMIT;
   const uint64_t first = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x, stride = (uint64_t)gridDim.x * blockDim.x;
   if (n % V == 0 && (!has_bias || d.d % V == 0) && aligned(a) && aligned(m) && aligned(out) &&
-      (!has_minus || aligned(minus)) && (!has_bias || aligned(bias))) {
+      (!has_minus || aligned(minus)) && (!has_plus || aligned(plus)) && (!has_bias || aligned(bias))) {
     for (uint64_t j = first; j < n / V; j += stride) {
       const uint64_t i = j * V;
       const auto av = vload(a + i), mv = vload(m + i);
-      typename VecOf<T>::type ov, sv, bv;
+      typename VecOf<T>::type ov, sv, pv, bv;
       if (has_minus) sv = vload(minus + i);
+      if (has_plus) pv = vload(plus + i);
       if (has_bias) bv = vload(bias + channel_of(i, one, d, fast));
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         A v = ld(av.v[k]) + ld(mv.v[k]);
         if (has_minus) v -= ld(sv.v[k]);
+        if (has_plus) v += ld(pv.v[k]);
         if (has_bias) v += ld(bv.v[k]);
         st(&ov.v[k], v);
       }
@@ -531,6 +533,7 @@ __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *bi
   for (uint64_t i = first; i < n; i += stride) {
     A v = ld(a[i]) + ld(m[i]);
     if (has_minus) v -= ld(minus[i]);
+    if (has_plus) v += ld(plus[i]);
     if (has_bias) v += ld(bias[channel_of(i, one, d, fast)]);
     st(&out[i], v);
   }
@@ -910,9 +913,10 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
     bias_gelu_bwd<T>(x, bias, g, dx, n, channels, inner);                                          \
   }                                                                                                \
   extern "C" __global__ void residual_fwd_##S(const T *a, const T *m, const T *minus,              \
-                                              const T *bias, T *out, uint64_t n, FastDiv d,        \
-                                              int has_minus, int has_bias) {                       \
-    residual_fwd<T>(a, m, minus, bias, out, n, d, has_minus, has_bias);                            \
+                                              const T *plus, const T *bias, T *out, uint64_t n,    \
+                                              FastDiv d, int has_minus, int has_plus,              \
+                                              int has_bias) {                                      \
+    residual_fwd<T>(a, m, minus, plus, bias, out, n, d, has_minus, has_plus, has_bias);            \
   }                                                                                                \
   extern "C" __global__ void adamw_many_##S(const __grid_constant__ AdamWTable t,                  \
                                             const double *clip, double b1, double b2,              \

@@ -54,7 +54,7 @@ pub use grad_sink::GradSink;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
 pub use norm_pool::layer_norm_pool;
-pub use residual::{bias_residual, residual};
+pub use residual::{Terms, bias_residual, residual};
 pub use side::{LowRankMix, SideBlock, side_network};
 pub use softmax::softmax;
 

@@ -1,5 +1,5 @@
-//! `a + m − minus + bias`: a residual addition with its optional bias and subtraction in one pass
-//! (candle: one pass per term, each writing a full tensor). [`residual`] builds no graph: LoSA's
+//! `a + m − minus + plus + bias`: a residual addition with its optional terms in one pass (candle:
+//! one pass per term, each writing a full tensor). [`residual`] builds no graph: LoSA's
 //! side network (`ops::side`) routes its gradient itself, which is also why the kernel is reachable
 //! at the storage level ([`residual_storage`]), from inside another op's forward.
 //! [`bias_residual`], `x + m + bias`, is differentiable: the ViT block's two residual additions,
@@ -13,25 +13,37 @@ use super::cpu::{Elem, slice};
 
 const NAME: &str = "residual";
 
-/// `a + m − minus + bias`, `bias` ([d]) along the last dimension d; `a`, `m` and `minus` of one
-/// shape. Has no backward: an input that needs a gradient is an error, not a silent zero.
-pub fn residual(a: &Tensor, m: &Tensor, minus: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
-    if [Some(a), Some(m), minus, bias].into_iter().flatten().any(Tensor::track_op) {
+/// `a + m − minus + plus + bias`, `bias` ([d]) along the last dimension d; `a`, `m`, `minus` and
+/// `plus` of one shape. Has no backward: an input that needs a gradient is an error, not a silent
+/// zero.
+pub fn residual(a: &Tensor, m: &Tensor, terms: Terms<'_>, bias: Option<&Tensor>) -> Result<Tensor> {
+    if [Some(a), Some(m), terms.minus, terms.plus, bias].into_iter().flatten().any(Tensor::track_op) {
         bail!("{NAME}: has no backward, but an input needs a gradient");
     }
-    let (storage, shape) = residual_storage(a, m, minus, bias)?;
+    let (storage, shape) = residual_storage(a, m, terms, bias)?;
     Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
+}
+
+/// The optional full-size terms of a [`residual`]: one subtracted, one added (LoSA's side network
+/// swaps one block's features for the next block's so: `z_{i+1} = h + m + bu − b_i + b_{i+1}`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Terms<'a> {
+    /// Subtracted.
+    pub minus: Option<&'a Tensor>,
+    /// Added.
+    pub plus: Option<&'a Tensor>,
 }
 
 /// [`residual`]'s kernel: the output storage and its shape, on the inputs' device.
 pub(crate) fn residual_storage(
     a: &Tensor,
     m: &Tensor,
-    minus: Option<&Tensor>,
+    terms: Terms<'_>,
     bias: Option<&Tensor>,
 ) -> Result<(Storage, Shape)> {
+    let Terms { minus, plus } = terms;
     let d = a.dim(D::Minus1)?;
-    for t in [Some(m), minus].into_iter().flatten() {
+    for t in [Some(m), minus, plus].into_iter().flatten() {
         if t.dims() != a.dims() {
             bail!("{NAME}: shapes {:?} and {:?} differ", a.dims(), t.dims());
         }
@@ -41,28 +53,29 @@ pub(crate) fn residual_storage(
     {
         bail!("{NAME}: bias {:?} does not fit the last dimension of {:?}", bias.dims(), a.dims());
     }
-    if [Some(m), minus, bias].into_iter().flatten().any(|t| t.dtype() != a.dtype()) {
+    if [Some(m), minus, plus, bias].into_iter().flatten().any(|t| t.dtype() != a.dtype()) {
         bail!("{NAME}: inputs of different dtypes");
     }
     let contiguous = |t: Option<&Tensor>| t.map(Tensor::contiguous).transpose();
-    let (a, m, minus, bias) = (a.contiguous()?, m.contiguous()?, contiguous(minus)?, contiguous(bias)?);
+    let (a, m) = (a.contiguous()?, m.contiguous()?);
+    let (minus, plus, bias) = (contiguous(minus)?, contiguous(plus)?, contiguous(bias)?);
     let shape = a.shape().clone();
     let (sa, la) = a.storage_and_layout();
     let (sm, lm) = m.storage_and_layout();
-    let minus = minus.as_ref().map(Tensor::storage_and_layout);
-    let bias = bias.as_ref().map(Tensor::storage_and_layout);
-    let minus = minus.as_ref().map(|(s, l)| (&**s, *l));
-    let bias = bias.as_ref().map(|(s, l)| (&**s, *l));
+    let [minus, plus, bias] = [&minus, &plus, &bias].map(|t| t.as_ref().map(Tensor::storage_and_layout));
+    let [minus, plus, bias] = [&minus, &plus, &bias].map(|t| t.as_ref().map(|(s, l)| (&**s, *l)));
     match (&*sa, &*sm) {
         (Storage::Cpu(sa), Storage::Cpu(sm)) => {
             let extra = |s| super::cpu::extra_input(s, NAME);
-            let out = residual_cpu(((sa, la), (sm, lm), extra(minus)?, extra(bias)?), d)?;
+            let terms = [extra(minus)?, extra(plus)?, extra(bias)?];
+            let out = residual_cpu((sa, la), (sm, lm), terms, d)?;
             Ok((Storage::Cpu(out), shape))
         }
         #[cfg(feature = "cuda")]
         (Storage::Cuda(sa), Storage::Cuda(sm)) => {
             let extra = |s| super::cuda::extra_input(s, NAME);
-            let out = super::cuda::residual((sa, la), (sm, lm), extra(minus)?, extra(bias)?, d)?;
+            let terms = [extra(minus)?, extra(plus)?, extra(bias)?];
+            let out = super::cuda::residual((sa, la), (sm, lm), terms, d)?;
             Ok((Storage::Cuda(out), shape))
         }
         _ => bail!("{NAME}: no kernel for this device, or inputs on different devices"),
@@ -71,47 +84,50 @@ pub(crate) fn residual_storage(
 
 type In<'a> = (&'a CpuStorage, &'a Layout);
 
-/// The CPU kernel for the inputs' dtype.
-fn residual_cpu(inputs: (In, In, Option<In>, Option<In>), d: usize) -> Result<CpuStorage> {
-    match candle_core::backend::BackendStorage::dtype(inputs.0.0) {
-        DType::F32 => fwd_cpu::<f32>(inputs, d),
-        DType::F64 => fwd_cpu::<f64>(inputs, d),
-        DType::F16 => fwd_cpu::<half::f16>(inputs, d),
-        DType::BF16 => fwd_cpu::<half::bf16>(inputs, d),
+/// The CPU kernel for the inputs' dtype; `terms`: minus, plus and bias, each optional.
+fn residual_cpu(a: In, m: In, terms: [Option<In>; 3], d: usize) -> Result<CpuStorage> {
+    match candle_core::backend::BackendStorage::dtype(a.0) {
+        DType::F32 => fwd_cpu::<f32>(a, m, terms, d),
+        DType::F64 => fwd_cpu::<f64>(a, m, terms, d),
+        DType::F16 => fwd_cpu::<half::f16>(a, m, terms, d),
+        DType::BF16 => fwd_cpu::<half::bf16>(a, m, terms, d),
         other => bail!("{NAME}: no kernel for {other:?}"),
     }
 }
 
-fn fwd_cpu<T: Elem>((a, m, minus, bias): (In, In, Option<In>, Option<In>), d: usize) -> Result<CpuStorage> {
+fn fwd_cpu<T: Elem>(a: In, m: In, [minus, plus, bias]: [Option<In>; 3], d: usize) -> Result<CpuStorage> {
     fn get<'a, T: Elem>((s, l): In<'a>) -> Result<&'a [T]> {
         slice(s.as_slice::<T>()?, l, NAME)
     }
     let (a, m) = (get::<T>(a)?, get::<T>(m)?);
-    let minus = minus.map(get::<T>).transpose()?;
-    let bias = bias.map(get::<T>).transpose()?;
-    let mut out = vec![T::store(<T::A as super::cpu::Acc>::ZERO); a.len()];
+    let [minus, plus, bias] = [minus, plus, bias].map(|t| t.map(get::<T>).transpose());
+    let (minus, plus, bias) = (minus?, plus?, bias?);
+    let zero = <T::A as super::cpu::Acc>::ZERO;
+    let mut out = vec![T::store(zero); a.len()];
     if d > 0 {
-        // One row per task; each variant's loop has no branch inside, so it vectorises.
-        out.par_chunks_mut(d).enumerate().with_min_len(16).for_each(|(r, o)| {
-            let range = r * d..(r + 1) * d;
-            let (a, m) = (&a[range.clone()], &m[range.clone()]);
-            match (minus.map(|s| &s[range]), bias) {
-                (None, None) => o.iter_mut().zip(a.iter().zip(m)).for_each(|(o, (a, m))| {
-                    *o = T::store(a.load() + m.load());
-                }),
-                (None, Some(b)) => o.iter_mut().zip(a.iter().zip(m).zip(b)).for_each(|(o, ((a, m), b))| {
-                    *o = T::store(a.load() + m.load() + b.load());
-                }),
-                (Some(s), None) => o.iter_mut().zip(a.iter().zip(m).zip(s)).for_each(|(o, ((a, m), s))| {
-                    *o = T::store(a.load() + m.load() - s.load());
-                }),
-                (Some(s), Some(b)) => {
-                    o.iter_mut().zip(a.iter().zip(m).zip(s).zip(b)).for_each(|(o, (((a, m), s), b))| {
-                        *o = T::store(a.load() + m.load() - s.load() + b.load());
-                    })
+        // One row per task, summed in the accumulation type in the kernel's order (a + m, − minus,
+        // + plus, + bias) and rounded once; one loop per term, each without a branch inside, so
+        // that it vectorises.
+        let rows = out.par_chunks_mut(d).enumerate().with_min_len(16);
+        rows.for_each_init(
+            || vec![zero; d],
+            |acc, (r, o)| {
+                let range = r * d..(r + 1) * d;
+                for ((acc, a), m) in acc.iter_mut().zip(&a[range.clone()]).zip(&m[range.clone()]) {
+                    *acc = a.load() + m.load();
                 }
-            }
-        });
+                if let Some(s) = minus {
+                    acc.iter_mut().zip(&s[range.clone()]).for_each(|(acc, s)| *acc -= s.load());
+                }
+                if let Some(p) = plus {
+                    acc.iter_mut().zip(&p[range]).for_each(|(acc, p)| *acc += p.load());
+                }
+                if let Some(b) = bias {
+                    acc.iter_mut().zip(b).for_each(|(acc, b)| *acc += b.load());
+                }
+                o.iter_mut().zip(acc.iter()).for_each(|(o, &acc)| *o = T::store(acc));
+            },
+        );
     }
     Ok(T::to_cpu_storage_owned(out))
 }
@@ -145,7 +161,7 @@ impl CustomOp3 for BiasResidual {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         // The residual kernel with a bias and nothing to subtract, as on CUDA.
-        let out = residual_cpu(((s1, l1), (s2, l2), None, Some((s3, l3))), self.d)?;
+        let out = residual_cpu((s1, l1), (s2, l2), [None, None, Some((s3, l3))], self.d)?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -159,7 +175,7 @@ impl CustomOp3 for BiasResidual {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = super::cuda::residual((s1, l1), (s2, l2), None, Some((s3, l3)), self.d)?;
+        let out = super::cuda::residual((s1, l1), (s2, l2), [None, None, Some((s3, l3))], self.d)?;
         Ok((out, l1.shape().clone()))
     }
 

@@ -28,7 +28,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor,
 use super::GradSink;
 use super::bias_gelu::bias_gelu_dx;
 use super::layer_norm::{layer_norm_dparams, layer_norm_dx, layer_norm_grads};
-use super::residual::{residual, residual_storage};
+use super::residual::{Terms, residual, residual_storage};
 use super::{bias_gelu, cast_all, layer_norm, sum_along};
 use crate::recipe::Mixer;
 use crate::vit::Linear;
@@ -175,11 +175,13 @@ pub fn side_network(y: &Tensor, blocks: &[SideBlock], eps: f64, sink: &GradSink)
     let mut cast = cast_all(&all, y.dtype())?.into_iter();
     let mixers: Vec<LowRankMix> = mixers.iter().map(|m| m.with(&mut cast)).collect::<Result<_>>()?;
     let (mut inputs, mut pres, mut acts, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);
-    let mut stream = y.detach();
+    let features: Vec<Tensor> =
+        blocks.iter().map(|b| b.features.detach().contiguous()).collect::<Result<_>>()?;
+    // The first block's input z = b_1 + y; each later block's comes from the last residual of the
+    // block before.
+    let mut h = residual(&features[0], &y.detach(), Terms::default(), None)?;
     let mut chain = mixers.iter();
     for (i, block) in blocks.iter().enumerate() {
-        let features = block.features.detach().contiguous()?;
-        let mut h = residual(&features, &stream, None, None)?;
         for k in 0..block.mixers.len() {
             let Some(mix) = chain.next() else { bail!("side_network: mixers lost") };
             let pre = mix.down(&mix.normed(&h, eps)?)?;
@@ -188,13 +190,15 @@ pub fn side_network(y: &Tensor, blocks: &[SideBlock], eps: f64, sink: &GradSink)
             inputs.push(h.clone());
             pres.push(pre);
             acts.push(a);
+            let bias = mix.up_bias.as_ref();
             if k + 1 < block.mixers.len() {
-                h = residual(&h, &m, None, mix.up_bias.as_ref())?;
-            } else if i + 1 < blocks.len() {
-                // y_i = h + m + bu − b_i, the next block's stream.
-                stream = residual(&h, &m, Some(&features), mix.up_bias.as_ref())?;
+                h = residual(&h, &m, Terms::default(), bias)?;
+            } else if let Some(next) = features.get(i + 1) {
+                // The next block's z = y_i + b_{i+1} = h + m + bu − b_i + b_{i+1}, in one pass
+                // (y_i itself is never needed).
+                h = residual(&h, &m, Terms { minus: Some(&features[i]), plus: Some(next) }, bias)?;
             } else {
-                last = Some((m, features.clone()));
+                last = Some((m, features[i].clone()));
             }
         }
     }
@@ -233,7 +237,7 @@ impl SideNetwork {
         let (Some((m, features)), Some(h), Some(mix)) = (last, self.inputs.last(), self.mixers.last()) else {
             bail!("side_network: forward ran twice");
         };
-        residual_storage(h, &m, Some(&features), mix.up_bias.as_ref())
+        residual_storage(h, &m, Terms { minus: Some(&features), plus: None }, mix.up_bias.as_ref())
     }
 
     /// The gradients of mixer `k`'s parameters (in [`LowRankMix::params`] order, in the

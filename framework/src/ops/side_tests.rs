@@ -8,7 +8,7 @@ use super::tests::{
     check_finite_differences_via, grads_of, grads_via, layer_norm_unfused, max_rel_err, normal, tolerance,
     values,
 };
-use super::{GradSink, LowRankMix, SideBlock, bias_gelu, residual, side_network};
+use super::{GradSink, LowRankMix, SideBlock, Terms, bias_gelu, residual, side_network};
 use crate::recipe::Mixer;
 
 const DTYPES: [DType; 4] = [DType::F64, DType::F32, DType::F16, DType::BF16];
@@ -19,36 +19,45 @@ const RANKS: (usize, usize) = (3, 2);
 
 #[test]
 fn residual_matches_the_composition_in_every_dtype() {
-    let [a, m, minus] = [1, 2, 3].map(|seed| normal(&SHAPE, 1.0, seed));
-    let bias = normal(&[8], 1.0, 4);
-    for (with_minus, with_bias) in [(false, false), (true, false), (false, true), (true, true)] {
+    let [a, m, minus, plus] = [1, 2, 3, 4].map(|seed| normal(&SHAPE, 1.0, seed));
+    let bias = normal(&[8], 1.0, 5);
+    // Every subset of the optional terms.
+    for subset in 0..8 {
+        let (with_minus, with_plus, with_bias) = (subset & 1 != 0, subset & 2 != 0, subset & 4 != 0);
         let mut reference = (&a + &m).unwrap();
         if with_minus {
             reference = (reference - &minus).unwrap();
+        }
+        if with_plus {
+            reference = (reference + &plus).unwrap();
         }
         if with_bias {
             reference = reference.broadcast_add(&bias).unwrap();
         }
         for dtype in DTYPES {
             let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
-            let (minus, bias) = (c(&minus), c(&bias));
-            let out =
-                residual(&c(&a), &c(&m), with_minus.then_some(&minus), with_bias.then_some(&bias)).unwrap();
+            let (minus, plus, bias) = (c(&minus), c(&plus), c(&bias));
+            let terms = Terms { minus: with_minus.then_some(&minus), plus: with_plus.then_some(&plus) };
+            let out = residual(&c(&a), &c(&m), terms, with_bias.then_some(&bias)).unwrap();
             let (tol, floor) = tolerance(dtype);
             let err = max_rel_err(&out, &reference, floor);
-            assert!(err < tol, "{dtype:?} minus={with_minus} bias={with_bias}: {err:e}");
+            assert!(err < tol, "{dtype:?} minus={with_minus} plus={with_plus} bias={with_bias}: {err:e}");
         }
     }
     // Strided inputs are read through their layout.
-    let t = normal(&[2, 8, 5], 1.0, 5).transpose(1, 2).unwrap();
-    let out = residual(&t, &m, None, None).unwrap();
+    let t = normal(&[2, 8, 5], 1.0, 6).transpose(1, 2).unwrap();
+    let out = residual(&t, &m, Terms::default(), None).unwrap();
     assert!(max_rel_err(&out, &(&t + &m).unwrap(), 1e-6) < 1e-12);
 }
 
 #[test]
 fn residual_refuses_an_input_that_needs_a_gradient() {
     let v = Var::from_tensor(&normal(&SHAPE, 1.0, 1)).unwrap();
-    let err = residual(v.as_tensor(), &normal(&SHAPE, 1.0, 2), None, None).unwrap_err().to_string();
+    let m = normal(&SHAPE, 1.0, 2);
+    let err = residual(v.as_tensor(), &m, Terms::default(), None).unwrap_err().to_string();
+    assert!(err.contains("has no backward"), "{err}");
+    let err =
+        residual(&m, &m, Terms { minus: None, plus: Some(v.as_tensor()) }, None).unwrap_err().to_string();
     assert!(err.contains("has no backward"), "{err}");
 }
 
