@@ -220,7 +220,7 @@ impl Losa {
         // read once). Detached: the norm's parameters are the backbone's and get no gradient.
         let (weight, bias) =
             (vit.norm.weight.detach().to_dtype(params)?, vit.norm.bias.detach().to_dtype(params)?);
-        let tokens = vit.pooled_tokens(y.dim(1)?, self.head.pool);
+        let tokens = vit.pooled_tokens(y.dim(1)?, self.head.pool)?;
         self.head.classify(&ops::layer_norm_pool(&y, &weight, &bias, vit.norm.eps, tokens)?)
     }
 }

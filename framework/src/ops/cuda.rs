@@ -235,10 +235,17 @@ fn multiprocessors(dev: &candle_core::cuda_backend::CudaDevice) -> Result<usize>
 }
 
 /// The zeroed u32 that the one-launch sums count their finished blocks in (kernels.cu's
-/// `finish_partials`, which leaves it zeroed again): one per device and host thread (candle
-/// launches on the calling thread's stream, and one counter must serve one stream, whose launches
-/// come one after another), made on first use, on that stream, and kept for the process.
+/// `finish_partials`, which leaves it zeroed again): see [`block_counters`].
 fn block_counter(dev: &candle_core::cuda_backend::CudaDevice) -> Result<u64> {
+    block_counters(dev, 1)
+}
+
+/// At least `n` zeroed u32 that one-launch sums count their finished blocks in, one per sum
+/// (each launch leaves the counters it used zeroed again): one buffer per device and host thread
+/// (candle launches on the calling thread's stream, and one buffer must serve one stream, whose
+/// launches come one after another), made on first use on that stream, grown (zeroed afresh) when
+/// a launch needs more, and kept for the process. The device pointer of the first.
+fn block_counters(dev: &candle_core::cuda_backend::CudaDevice, n: usize) -> Result<u64> {
     use candle_core::cuda_backend::DeviceId;
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     type Counters = Vec<((DeviceId, std::thread::ThreadId), CudaSlice<u32>)>;
@@ -249,10 +256,14 @@ fn block_counter(dev: &candle_core::cuda_backend::CudaDevice) -> Result<u64> {
     let at = match counters.iter().position(|(k, _)| *k == key) {
         Some(at) => at,
         None => {
-            counters.push((key, dev.alloc_zeros::<u32>(1)?));
+            counters.push((key, dev.alloc_zeros::<u32>(n.max(1))?));
             counters.len() - 1
         }
     };
+    if counters[at].1.len() < n {
+        // The old buffer is freed in stream order, after the launches that use it.
+        counters[at].1 = dev.alloc_zeros::<u32>(n)?;
+    }
     let stream = dev.cuda_stream();
     let (ptr, _) = counters[at].1.device_ptr(&stream);
     Ok(ptr)
@@ -870,8 +881,9 @@ fn chan_sums<T: Kern>(x: In, per: usize) -> Result<(CudaStorage, Shape)> {
 }
 
 /// Whether `layer_norm_pool`'s kernels take these (contiguous) tensors: rows of the LayerNorm
-/// vector path (f32, f16 or bf16, a width of whole vectors up to 32 × `LN_LANE_ELEMS`), an f32
-/// scale and shift, every pointer on a 16-byte boundary.
+/// vector path (f32, f16 or bf16, a width of whole vectors up to 32 × `LN_LANE_ELEMS`, x on a
+/// 16-byte boundary), an f32 scale and shift (read one value at a time), and a shape that fits
+/// one launch ([`pool_dims`]).
 pub(crate) fn norm_pool_fits(
     x: &candle_core::Tensor,
     w: &candle_core::Tensor,
@@ -885,22 +897,25 @@ pub(crate) fn norm_pool_fits(
         DType::BF16 if padded::<half::bf16>(d) == d => raw::<half::bf16>(x, OP)?.0,
         _ => return Ok(false),
     };
-    if d == 0 || d > 32 * LN_LANE_ELEMS || w.dtype() != DType::F32 || b.dtype() != DType::F32 {
-        return Ok(false);
-    }
-    let ptrs = [x_ptr, raw::<f32>(w, OP)?.0, raw::<f32>(b, OP)?.0];
-    Ok(ptrs.iter().all(|p| p.is_multiple_of(VEC_BYTES as u64)))
+    let dtypes = w.dtype() == DType::F32 && b.dtype() == DType::F32;
+    let n = x.dims().get(1).copied().unwrap_or(0);
+    Ok(dtypes && x_ptr.is_multiple_of(VEC_BYTES as u64) && pool_dims(x.layout(), &(0..n), d).is_ok())
 }
 
-/// `[batch, tokens, d]`, `tokens` and a pooled range as the kernels' ints.
-fn pool_dims(x: &Layout, tokens: &std::ops::Range<usize>) -> Result<([usize; 3], [i32; 4])> {
-    let &[batch, n, d] = x.dims() else { bail!("layer_norm_pool: x must be [batch, tokens, d]") };
-    let ints = [n, tokens.start, tokens.end, d].map(i32::try_from);
-    match ints {
-        [Ok(n_i), Ok(first), Ok(last), Ok(d_i)] if batch * n <= i32::MAX as usize / 32 => {
-            Ok(([batch, n, d], [n_i, first, last, d_i]))
-        }
-        _ => bail!("layer_norm_pool: {:?} is too large for one launch", x.dims()),
+/// `[batch, tokens, d]`, and `tokens`, the pooled range, `d` as the kernels' ints, if the
+/// kernels take them: a batch of 1 to 65535 (grid y), a non-empty range within the tokens, rows of
+/// the vector path, and row indices within 32-bit ints.
+fn pool_dims(x: &Layout, tokens: &std::ops::Range<usize>, d: usize) -> Result<([usize; 3], [i32; 4])> {
+    let &[batch, n, width] = x.dims() else { bail!("layer_norm_pool: x must be [batch, tokens, d]") };
+    let fits = width == d
+        && (1..=65535).contains(&batch)
+        && !tokens.is_empty()
+        && tokens.end <= n
+        && (1..=32 * LN_LANE_ELEMS).contains(&d)
+        && batch * n <= i32::MAX as usize / 32;
+    match [n, tokens.start, tokens.end, d].map(i32::try_from) {
+        [Ok(n_i), Ok(first), Ok(last), Ok(d_i)] if fits => Ok(([batch, n, d], [n_i, first, last, d_i])),
+        _ => bail!("layer_norm_pool: no kernel for {:?}, tokens {tokens:?}, width {d}", x.dims()),
     }
 }
 
@@ -930,16 +945,13 @@ fn pool_fwd<T: Kern>(
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "layer_norm_pool";
     let dev = &x.0.device;
-    let ([batch, _, d], [n, first, last, d_i]) = pool_dims(x.1, &tokens)?;
-    if batch == 0 || batch > 65535 {
-        bail!("{OP}: a batch of {batch} does not fit one launch");
-    }
+    let ([batch, _, d], [n, first, last, d_i]) = pool_dims(x.1, &tokens, w.elem_count())?;
     let xv = view::<T>(x)?;
     let (wp, bp) = (raw::<f32>(w, OP)?.0, raw::<f32>(b, OP)?.0);
     // Blocks per image: about two blocks per multiprocessor in all, none without a row.
     let chunks = (2 * multiprocessors(dev)?).div_ceil(batch).clamp(1, tokens.len().div_ceil(BLOCK / 32));
     // SAFETY: block (c, i) writes all d elements of partial[c][i], the grid covers every c and i,
-    // and the last block to finish writes all batch·d outputs.
+    // and the last of image i's blocks to finish writes its d outputs.
     let (partial, out) = unsafe { (dev.alloc::<f32>(chunks * batch * d)?, dev.alloc::<f32>(batch * d)?) };
     poison(dev, &out)?;
     let func = dev.get_or_load_custom_func(&kernel::<T>("layer_norm_pool_fwd"), MODULE, PTX)?;
@@ -948,7 +960,7 @@ fn pool_fwd<T: Kern>(
     builder_arg!(args, wp, bp);
     args.arg(&partial);
     args.arg(&out);
-    builder_arg!(args, n, first, last, d_i, eps, block_counter(dev)?);
+    builder_arg!(args, n, first, last, d_i, eps, block_counters(dev, batch)?);
     let config = LaunchConfig {
         grid_dim: (chunks as u32, batch as u32, 1),
         block_dim: (BLOCK as u32, 1, 1),
@@ -956,8 +968,8 @@ fn pool_fwd<T: Kern>(
     };
     // SAFETY: the arguments match `layer_norm_pool_fwd_<dtype>(const T*, const float*, const
     // float*, float*, float*, int, int, int, int, double, unsigned int*)`; x holds batch·n·d
-    // elements, w and b d, partial chunks·batch·d, out batch·d, the counter one zeroed u32, and
-    // the dynamic shared memory d accumulators (at most 5 KB: d ≤ 1280).
+    // elements, w and b d, partial chunks·batch·d, out batch·d, the counters batch zeroed u32,
+    // and the dynamic shared memory d accumulators (at most 5 KB: d ≤ 1280).
     unsafe { args.launch(config) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((batch, d))))
 }
@@ -987,7 +999,7 @@ fn pool_bwd<T: Kern>(
     eps: f64,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = &x.0.device;
-    let ([batch, n, d], [n_i, first, last, d_i]) = pool_dims(x.1, &tokens)?;
+    let ([batch, n, d], [n_i, first, last, d_i]) = pool_dims(x.1, &tokens, w.elem_count())?;
     if g.1.dims() != [batch, d] {
         bail!("layer_norm_pool backward: gradient {:?} for [{batch}, {d}]", g.1.dims());
     }

@@ -336,9 +336,8 @@ __device__ __forceinline__ void sum_rows(const double *partial, double *out, int
 // thread, whose launches one stream orders). Called by every thread of every block, after the
 // block's writes to `partial`. The fences around the count are thread 0's, after the barrier
 // that follows every thread's writes, as cooperative groups' grid synchronisation orders them.
-// Returns, to every thread, whether its block was the last (the one that wrote out).
 template <typename A>
-__device__ bool finish_partials(const A *partial, A *out, int parts, int n, unsigned int *counter) {
+__device__ void finish_partials(const A *partial, A *out, int parts, int n, unsigned int *counter) {
   __shared__ bool last;
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
   __syncthreads();
@@ -348,10 +347,9 @@ __device__ bool finish_partials(const A *partial, A *out, int parts, int n, unsi
     __threadfence();
   }
   __syncthreads();
-  if (!last) return false;
+  if (!last) return;
   sum_rows(partial, out, parts, n, tid, threads);
   if (tid == 0) *counter = 0;
-  return true;
 }
 
 // LayerNorm's input, scale and shift gradients in one pass over x and g, for rows the vector path
@@ -666,15 +664,18 @@ __device__ void channel_sums(const T *x, typename Acc<T>::type *partial, typenam
 // commutes with the mean, so it is applied once, to the sums). Block (c, b) sums x̂ over the
 // tokens first + c·warps + warp, first + (c + gridDim.x)·warps + warp, ... of image b, each lane
 // its own columns in registers, then the block's warps add theirs in warp order in shared memory
-// into partial[c][b] ([gridDim.x, batch, d]); the last block sums the partials in order over c
-// and applies the affine. A fixed summation order, no atomics on the values. Blocks of
-// blockDim.x threads, d accumulators of dynamic shared memory.
+// into partial[c][b] ([gridDim.x, batch, d]); the last of image b's blocks to finish (counted in
+// counters[b], a zeroed u32 per image that it leaves zeroed again) sums the image's partials in
+// order over c and applies the affine: a fixed summation order, no atomics on the values, and
+// each image finished by its own block (one block finishing all images would read every partial
+// alone). Blocks of blockDim.x threads, d accumulators of dynamic shared memory.
 template <typename T>
 __device__ void layer_norm_pool_fwd(const T *x, const float *w, const float *bias, float *partial, float *out,
                                     int tokens, int first, int last, int d, double eps,
-                                    unsigned int *counter) {
+                                    unsigned int *counters) {
   constexpr int V = RowVecs<T>::V, K = RowVecs<T>::K;
   extern __shared__ __align__(16) unsigned char raw[];
+  __shared__ bool finishes;
   float *acc = reinterpret_cast<float *>(raw);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int nv = d / V, batch = gridDim.y;
@@ -708,14 +709,22 @@ __device__ void layer_norm_pool_fwd(const T *x, const float *w, const float *bia
   }
   float *mine = partial + ((size_t)blockIdx.x * batch + blockIdx.y) * d;
   for (int j = threadIdx.x; j < d; j += blockDim.x) mine[j] = acc[j];
-  if (!finish_partials(partial, out, gridDim.x, batch * d, counter)) return;
-  // out holds the sums, written by this block's threads in sum_rows' own pattern: wait for all.
+  // The fences around the count as in `finish_partials`.
   __syncthreads();
-  const float scale = 1.f / float(last - first);
-  for (int i = threadIdx.x; i < batch * d; i += blockDim.x) {
-    const int j = i % d;
-    out[i] = out[i] * scale * w[j] + bias[j];
+  if (threadIdx.x == 0) {
+    __threadfence();
+    finishes = atomicAdd(&counters[blockIdx.y], 1u) == gridDim.x - 1;
+    __threadfence();
   }
+  __syncthreads();
+  if (!finishes) return;
+  const float scale = 1.f / float(last - first);
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float sum = 0.f;
+    for (int c = 0; c < gridDim.x; ++c) sum += __ldcg(&partial[((size_t)c * batch + blockIdx.y) * d + j]);
+    out[(size_t)blockIdx.y * d + j] = sum * scale * w[j] + bias[j];
+  }
+  if (threadIdx.x == 0) counters[blockIdx.y] = 0;
 }
 
 // The input gradient of `layer_norm_pool_fwd` for g = d loss / d out ([batch, d], f32): one warp
@@ -951,8 +960,8 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
   extern "C" __global__ void layer_norm_pool_fwd_##S(const T *x, const float *w, const float *bias, \
                                                      float *partial, float *out, int tokens,      \
                                                      int first, int last, int d, double eps,      \
-                                                     unsigned int *counter) {                     \
-    layer_norm_pool_fwd<T>(x, w, bias, partial, out, tokens, first, last, d, eps, counter);        \
+                                                     unsigned int *counters) {                    \
+    layer_norm_pool_fwd<T>(x, w, bias, partial, out, tokens, first, last, d, eps, counters);       \
   }                                                                                                \
   extern "C" __global__ void layer_norm_pool_bwd_##S(const T *x, const float *w, const float *g,   \
                                                      T *dx, int rows, int tokens, int first,      \

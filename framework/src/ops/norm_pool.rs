@@ -33,6 +33,9 @@ pub fn layer_norm_pool(
     tokens: Range<usize>,
 ) -> Result<Tensor> {
     let (_, n, d) = x.dims3()?;
+    if d == 0 {
+        bail!("{NAME}: tokens of width 0");
+    }
     if weight.dims() != [d] || bias.dims() != [d] {
         bail!("{NAME}: weight {:?} and bias {:?} must be [{d}]", weight.dims(), bias.dims());
     }

@@ -108,4 +108,8 @@ fn layer_norm_pool_refuses_what_does_not_fit() {
     assert!(err(2..6, &w).contains("tokens 2..6"), "{}", err(2..6, &w));
     assert!(err(0..5, &w.narrow(0, 0, 47).unwrap()).contains("must be [48]"));
     assert!(layer_norm_pool(&x.get(0).unwrap(), &w, &b, 1e-6, 0..1).is_err());
+    let empty = x.narrow(2, 0, 0).unwrap();
+    let none = w.narrow(0, 0, 0).unwrap();
+    let err = layer_norm_pool(&empty, &none, &none, 1e-6, 0..1).unwrap_err().to_string();
+    assert!(err.contains("width 0"), "{err}");
 }

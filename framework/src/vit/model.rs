@@ -227,18 +227,22 @@ impl Vit {
 
     /// The positions that `pool` reads of a sequence of `tokens`: the class token (position 0), or
     /// the patch tokens (the last `num_patches` positions, so prompts inserted after the class
-    /// token are left out).
-    pub fn pooled_tokens(&self, tokens: usize, pool: Pool) -> Range<usize> {
-        match pool {
-            Pool::Token => 0..1,
-            Pool::Mean => tokens.saturating_sub(self.config.num_patches())..tokens,
+    /// token are left out). An error for a sequence without its patch tokens.
+    pub fn pooled_tokens(&self, tokens: usize, pool: Pool) -> Result<Range<usize>> {
+        let patches = self.config.num_patches();
+        if tokens < patches.max(1) {
+            candle_core::bail!("pool: a sequence of {tokens} tokens, fewer than the {patches} patches");
         }
+        Ok(match pool {
+            Pool::Token => 0..1,
+            Pool::Mean => tokens - patches..tokens,
+        })
     }
 
     /// Pools normed tokens [batch, tokens, d] into [batch, d]: the class token, or the mean of the
     /// patch tokens ([`Vit::pooled_tokens`]).
     pub fn pool(&self, tokens: &Tensor, pool: Pool) -> Result<Tensor> {
-        let range = self.pooled_tokens(tokens.dim(1)?, pool);
+        let range = self.pooled_tokens(tokens.dim(1)?, pool)?;
         let pooled = tokens.narrow(1, range.start, range.len())?;
         match pool {
             // A copy, not the strided view: its rows lie `tokens × d` apart, and candle's CUDA
