@@ -104,6 +104,19 @@ macro_rules! by_dtype {
     };
 }
 
+/// `by_dtype!` for the kernels that exist for f32, f16 and bf16 only (the LayerNorm's vector path),
+/// naming `op` in the error for any other dtype.
+macro_rules! by_vector_dtype {
+    ($dtype:expr, $op:expr, $f:ident($($arg:expr),*)) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F16 => $f::<half::f16>($($arg),*),
+            DType::BF16 => $f::<half::bf16>($($arg),*),
+            other => bail!("{}: no CUDA kernel for {other:?}", $op),
+        }
+    };
+}
+
 /// The contiguous elements of an input (the ops' wrappers make inputs contiguous).
 fn view<'a, T: Kern>((s, l): In<'a>) -> Result<CudaView<'a, T>> {
     let slice = s.as_cuda_slice::<T>()?;
@@ -928,12 +941,7 @@ pub(crate) fn layer_norm_pool_fwd(
     tokens: std::ops::Range<usize>,
     eps: f64,
 ) -> Result<(CudaStorage, Shape)> {
-    match x.0.dtype() {
-        DType::F32 => pool_fwd::<f32>(x, w, b, tokens, eps),
-        DType::F16 => pool_fwd::<half::f16>(x, w, b, tokens, eps),
-        DType::BF16 => pool_fwd::<half::bf16>(x, w, b, tokens, eps),
-        other => bail!("layer_norm_pool: no CUDA kernel for {other:?}"),
-    }
+    by_vector_dtype!(x.0.dtype(), "layer_norm_pool", pool_fwd(x, w, b, tokens, eps))
 }
 
 fn pool_fwd<T: Kern>(
@@ -983,12 +991,7 @@ pub(crate) fn layer_norm_pool_bwd(
     tokens: std::ops::Range<usize>,
     eps: f64,
 ) -> Result<(CudaStorage, Shape)> {
-    match x.0.dtype() {
-        DType::F32 => pool_bwd::<f32>(x, g, w, tokens, eps),
-        DType::F16 => pool_bwd::<half::f16>(x, g, w, tokens, eps),
-        DType::BF16 => pool_bwd::<half::bf16>(x, g, w, tokens, eps),
-        other => bail!("layer_norm_pool: no CUDA kernel for {other:?}"),
-    }
+    by_vector_dtype!(x.0.dtype(), "layer_norm_pool", pool_bwd(x, g, w, tokens, eps))
 }
 
 fn pool_bwd<T: Kern>(

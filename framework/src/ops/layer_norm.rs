@@ -28,7 +28,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 }
 
 /// The statistics of one row: mean and 1 / std.
-fn stats<T: Elem>(x: &[T], eps: f64) -> (T::A, T::A) {
+pub(super) fn stats<T: Elem>(x: &[T], eps: f64) -> (T::A, T::A) {
     let n = T::A::of(x.len() as f64);
     let mut s = T::A::ZERO;
     for v in x {

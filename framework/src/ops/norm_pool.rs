@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::cpu::{Acc, Elem, slice};
 use super::layer_norm;
+use super::layer_norm::stats;
 
 const NAME: &str = "layer_norm_pool";
 
@@ -74,17 +75,6 @@ fn captured<A: candle_core::WithDType>(
     let (s, l) = t.storage_and_layout();
     let Storage::Cpu(s) = &*s else { bail!("{NAME}: inputs on different devices") };
     f(slice(s.as_slice::<A>()?, l, NAME)?)
-}
-
-/// Mean and 1 / std of one row, as the LayerNorm computes them.
-fn stats<T: Elem>(x: &[T], eps: f64) -> (T::A, T::A) {
-    let n = T::A::of(x.len() as f64);
-    let mean = x.iter().fold(T::A::ZERO, |s, v| s + v.load()) / n;
-    let var = x.iter().fold(T::A::ZERO, |s, v| {
-        let c = v.load() - mean;
-        s + c * c
-    }) / n;
-    (mean, T::A::of(1.0) / (var + T::A::of(eps)).sqrt())
 }
 
 /// The forward op on `x`; the scale and shift are captured (frozen).
@@ -170,12 +160,14 @@ impl Bwd {
             let mut dx = vec![T::store(T::A::ZERO); x.len()];
             let images = dx.par_chunks_mut(n * d).zip(x.par_chunks(n * d)).zip(g.par_chunks(d));
             images.for_each(|((dx, image), g)| {
+                // Every pooled row of an image has the same output gradient: its product with
+                // the scale and that product's mean are the image's.
                 let gw: Vec<T::A> = g.iter().zip(w).map(|(&g, &w)| g * scale * w).collect();
+                let m1 = gw.iter().fold(T::A::ZERO, |s, &v| s + v) / width;
                 let rows = dx.chunks_mut(d).zip(image.chunks(d));
                 for (dx, x) in rows.take(self.tokens.end).skip(self.tokens.start) {
                     let (mean, rstd) = stats(x, self.eps);
                     let xhat = |v: T| (v.load() - mean) * rstd;
-                    let m1 = gw.iter().fold(T::A::ZERO, |s, &v| s + v) / width;
                     let m2 = gw.iter().zip(x).fold(T::A::ZERO, |s, (&v, &x)| s + v * xhat(x)) / width;
                     for ((dx, &gw), &x) in dx.iter_mut().zip(&gw).zip(x) {
                         *dx = T::store(rstd * (gw - m1 - xhat(x) * m2));
