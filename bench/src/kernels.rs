@@ -25,6 +25,9 @@ enum Op {
     BiasGelu(usize),
     /// `a + m − minus + plus + bias` (no backward).
     Residual,
+    /// The same with `m` a mixer's low-rank up-projection of this rank, never written out;
+    /// unfused: candle's matmul writes it, then the residual above adds it.
+    LowRank(Mixer, usize),
     /// One LoSA side block (`ops::side_network` of one block), a channel then a token mixer of this
     /// rank.
     Side(usize),
@@ -50,6 +53,7 @@ impl Op {
             Op::LayerNorm => "layer_norm".into(),
             Op::BiasGelu(dim) => format!("bias_gelu(dim {dim})"),
             Op::Residual => "residual".into(),
+            Op::LowRank(axis, rank) => format!("residual(low-rank {axis:?}, rank {rank})"),
             Op::Side(rank) => format!("side_network(1 block, rank {rank})"),
             Op::Softmax => "softmax".into(),
             Op::SplitHeads(heads) => format!("split_heads({heads} heads)"),
@@ -74,6 +78,21 @@ impl Op {
                 vec![
                     x,
                     seeded_normal(shape, 1.0, 2, &cpu)?,
+                    seeded_normal(shape, 1.0, 3, &cpu)?,
+                    seeded_normal(shape, 1.0, 5, &cpu)?,
+                    seeded_normal(d, 0.5, 4, &cpu)?,
+                ]
+            }
+            Op::LowRank(axis, rank) => {
+                let (b, n) = (shape[0], shape[1]);
+                let (weight, act) = match axis {
+                    Mixer::Channel => (vec![d, rank], vec![b, n, rank]),
+                    Mixer::Token => (vec![n, rank], vec![b, rank, d]),
+                };
+                vec![
+                    x,
+                    seeded_normal(weight, 0.5, 2, &cpu)?,
+                    seeded_normal(act, 1.0, 6, &cpu)?,
                     seeded_normal(shape, 1.0, 3, &cpu)?,
                     seeded_normal(shape, 1.0, 5, &cpu)?,
                     seeded_normal(d, 0.5, 4, &cpu)?,
@@ -122,7 +141,7 @@ impl Op {
     /// How many leading inputs get a gradient.
     fn trainable(self, inputs: usize) -> usize {
         match self {
-            Op::Residual => 0,
+            Op::Residual | Op::LowRank(..) => 0,
             Op::Side(_) => inputs - 1,
             Op::NormPool(..) => 1,
             _ => inputs,
@@ -134,7 +153,7 @@ impl Op {
         let grads: Vec<&str> = match self {
             Op::LayerNorm => vec!["dx", "dweight", "dbias"],
             Op::BiasGelu(_) => vec!["dx", "dbias"],
-            Op::Residual => vec![],
+            Op::Residual | Op::LowRank(..) => vec![],
             Op::Softmax => vec!["dx"],
             Op::SplitHeads(_) => vec!["dx", "dbias"],
             Op::MergeHeads | Op::NormPool(..) => vec!["dx"],
@@ -175,6 +194,15 @@ impl Op {
             Op::Residual => {
                 ops::residual(&t[0], &t[1], ops::Terms { minus: Some(&t[2]), plus: Some(&t[3]) }, Some(&t[4]))
             }
+            Op::LowRank(axis, _) => {
+                let update = ops::LowRank { axis, weight: &t[1], act: &t[2] };
+                ops::residual(
+                    &t[0],
+                    update,
+                    ops::Terms { minus: Some(&t[3]), plus: Some(&t[4]) },
+                    Some(&t[5]),
+                )
+            }
             Op::Side(_) => {
                 let last = t.len() - 1;
                 let block = ops::SideBlock { features: t[last].clone(), mixers: Self::mixes(&t[1..last]) };
@@ -214,6 +242,13 @@ impl Op {
                 t[0].broadcast_add(&t[1].reshape(shape)?)?.gelu_erf()
             }
             Op::Residual => (&t[0] + &t[1])?.sub(&t[2])?.add(&t[3])?.broadcast_add(&t[4]),
+            Op::LowRank(axis, _) => {
+                let m = match axis {
+                    Mixer::Channel => t[2].broadcast_matmul(&t[1].t()?)?,
+                    Mixer::Token => t[1].broadcast_matmul(&t[2])?,
+                };
+                ops::residual(&t[0], &m, ops::Terms { minus: Some(&t[3]), plus: Some(&t[4]) }, Some(&t[5]))
+            }
             Op::Softmax => candle_nn::ops::softmax(&(&t[0] * 0.125)?, D::Minus1),
             Op::SplitHeads(heads) => {
                 let (b, n, w3) = t[0].dims3()?;
@@ -462,6 +497,13 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::BiasGelu(1), vec![7, 5, 3]),
         (Op::Residual, vec![64, 197, 768]),
         (Op::Residual, vec![7, 5, 3]),
+        // LoSA's mixers on ViT-B/16; small odd shapes (the element path); a channel weight past
+        // a block's shared memory (rank 40 at width 768 in f32 and bf16: written out, composed).
+        (Op::LowRank(Mixer::Channel, 8), vec![64, 197, 768]),
+        (Op::LowRank(Mixer::Token, 8), vec![64, 197, 768]),
+        (Op::LowRank(Mixer::Channel, 3), vec![7, 5, 3]),
+        (Op::LowRank(Mixer::Token, 3), vec![7, 5, 3]),
+        (Op::LowRank(Mixer::Channel, 40), vec![2, 5, 768]),
         (Op::Side(8), vec![64, 197, 768]),
         (Op::Side(8), vec![64, 197, 192]),
         (Op::Side(3), vec![3, 7, 10]),

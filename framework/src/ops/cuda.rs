@@ -12,6 +12,7 @@ use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Result, Shape, WithDType, bail, builder_arg};
 
 use super::fast_div::FastDiv;
+use crate::recipe::Mixer;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/losa_ops.ptx"));
 const MODULE: &str = "losa_ops";
@@ -514,6 +515,88 @@ fn res_fwd<T: Kern>(a: In, m: In, terms: [Option<In>; 3], d: usize) -> Result<Cu
         // const T*, T*, uint64_t, FastDiv, int, int, int)`; a, m, minus and plus (when flagged)
         // and out hold n elements, bias (when flagged) d.
         unsafe { args.launch(vec_config::<T>(n)) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
+
+/// Bytes of shared memory a block may have without opting in: the channel weight of a low-rank
+/// residual is staged there.
+const SHARED_BYTES: usize = 48 * 1024;
+
+/// Whether [`low_rank_residual`] takes a product of `[batch, tokens, width, rank]` in `dtype`: a
+/// 32-bit element index, and a channel weight that fits one block's shared memory (rank 16 at
+/// ViT-B's width in bf16; wider products are written out and added by [`residual`]).
+pub(crate) fn low_rank_fits(axis: Mixer, [b, t, d, r]: [usize; 4], dtype: DType) -> bool {
+    let small = b.saturating_mul(t).saturating_mul(d) < 1 << 31 && r < 1 << 20;
+    small && (axis == Mixer::Token || r * d * dtype.size_in_bytes() <= SHARED_BYTES)
+}
+
+/// `a + m − minus + plus + bias`, `m` the low-rank product of `w` and `act` (ops/low_rank.rs) for
+/// `dims` = `[batch, tokens, width, rank]`, which [`low_rank_fits`]; `terms`: minus, plus and bias,
+/// each optional.
+pub(crate) fn low_rank_residual(
+    a: In,
+    axis: Mixer,
+    w: In,
+    act: In,
+    dims: [usize; 4],
+    terms: [Option<In>; 3],
+) -> Result<CudaStorage> {
+    by_dtype!(a.0.dtype(), lr_res(a, axis, w, act, dims, terms))
+}
+
+fn lr_res<T: Kern>(
+    a: In,
+    axis: Mixer,
+    w: In,
+    act: In,
+    [batch, tokens, d, rank]: [usize; 4],
+    terms: [Option<In>; 3],
+) -> Result<CudaStorage> {
+    let dev = &a.0.device;
+    let n = batch * tokens * d;
+    if !low_rank_fits(axis, [batch, tokens, d, rank], T::DTYPE) {
+        bail!("residual: no CUDA kernel for a low-rank product of {:?}", [batch, tokens, d, rank]);
+    }
+    let (av, wv, actv) = (view::<T>(a)?, view::<T>(w)?, view::<T>(act)?);
+    let [minus, plus, bias] = terms.map(|t| t.map(view::<T>).transpose());
+    let (minus, plus, bias) = (minus?, plus?, bias?);
+    // SAFETY: the grid-stride loops below write every one of the n elements.
+    let out = unsafe { dev.alloc::<T>(n)? };
+    poison(dev, &out)?;
+    if n > 0 {
+        let channel = axis == Mixer::Channel;
+        let mut config = vec_config::<T>(n);
+        if channel {
+            // Each block stages the weight once: no more blocks than can be resident (4 per SM at
+            // the kernel's 64 registers a thread).
+            let resident = 4 * multiprocessors(dev)?;
+            config.grid_dim.0 = config.grid_dim.0.min(resident as u32);
+            config.shared_mem_bytes = (rank * d * std::mem::size_of::<T>()) as u32;
+        }
+        let func = dev.get_or_load_custom_func(&kernel::<T>("low_rank_residual"), MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&av);
+        args.arg(&wv);
+        args.arg(&actv);
+        // Absent terms are passed as `a` and never read (their flags are 0).
+        args.arg(minus.as_ref().unwrap_or(&av));
+        args.arg(plus.as_ref().unwrap_or(&av));
+        args.arg(bias.as_ref().unwrap_or(&av));
+        args.arg(&out);
+        let (width, tokens) = (FastDiv::new(d)?, FastDiv::new(tokens)?);
+        builder_arg!(args, n as u32);
+        args.arg(&width);
+        args.arg(&tokens);
+        builder_arg!(args, rank as i32, channel as i32);
+        builder_arg!(args, minus.is_some() as i32, plus.is_some() as i32, bias.is_some() as i32);
+        // SAFETY: the arguments match `low_rank_residual_<dtype>(const T*, const T*, const T*,
+        // const T*, const T*, const T*, T*, uint32_t, FastDiv, FastDiv, int, int, int, int, int)`;
+        // a, out, minus and plus (when flagged) hold n = batch·tokens·d elements, bias (when
+        // flagged) d, w d·rank (channel) or tokens·rank (token), act batch·tokens·rank (channel) or
+        // batch·rank·d (token), as `LowRank::dims` checked; the channel weight fits the block's
+        // shared memory (`low_rank_fits`), which `shared_mem_bytes` sizes.
+        unsafe { args.launch(config) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }

@@ -537,6 +537,100 @@ __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *pl
   }
 }
 
+// m at row `row` (image b, token t) and columns j..j+K-1 of a low-rank product, summed over the
+// rank in order (see low_rank_residual); ws: the channel weight staged as [rank][W].
+template <typename T, int K>
+__device__ __forceinline__ void low_rank_m(typename Acc<T>::type (&m)[K], const T *ws, const T *w, const T *act,
+                                           uint32_t row, uint32_t j, uint32_t W, FastDiv tokens, int rank,
+                                           bool channel) {
+  typedef typename Acc<T>::type A;
+#pragma unroll
+  for (int k = 0; k < K; ++k) m[k] = A(0);
+  uint32_t t = 0, b = 0;
+  const T *p;
+  if (channel) {
+    p = act + (uint64_t)row * rank;
+  } else {
+    b = fdivmod(row, tokens, &t);
+    p = w + (uint64_t)t * rank;
+  }
+  for (int r = 0; r < rank; ++r) {
+    const A pr = ld(p[r]);
+    const T *q = channel ? ws + (uint64_t)r * W + j : act + ((uint64_t)b * rank + r) * W + j;
+    if constexpr (K == VecOf<T>::n) {
+      const auto qv = vload(q);
+#pragma unroll
+      for (int k = 0; k < K; ++k) m[k] += pr * ld(qv.v[k]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < K; ++k) m[k] += pr * ld(q[k]);
+    }
+  }
+}
+
+// out = a + m - minus + plus + bias[j], m a low-rank product that is never written to memory (a
+// LoSA mixer's up-projection of its rank-sized activation: writing m and reading it back were two
+// of the mixer's full-size passes). Rows are (image b, token t) of width W:
+// - channel: m[row, j] = sum_r act[row rank + r] w[j rank + r], w [W, rank] the same for every
+//   row, so each block first stages it in shared memory as [rank][W] (dynamic, rank W elements):
+//   a thread's V consecutive columns are then one vector load per r;
+// - token: m[(b, t), j] = sum_r w[t rank + r] act[(b rank + r) W + j], act [batch, rank, W] read
+//   in place (consecutive threads, consecutive columns).
+// m is summed in A and added as residual_fwd adds its m; terms are read only when flagged.
+// n = rows W < 2^31.
+template <typename T>
+__device__ void low_rank_residual(const T *a, const T *w, const T *act, const T *minus, const T *plus,
+                                  const T *bias, T *out, uint32_t n, FastDiv width, FastDiv tokens, int rank,
+                                  int channel, int has_minus, int has_plus, int has_bias) {
+  typedef typename Acc<T>::type A;
+  constexpr int V = VecOf<T>::n;
+  extern __shared__ __align__(16) unsigned char raw[];
+  T *ws = reinterpret_cast<T *>(raw);
+  const uint32_t W = width.d;
+  if (channel) {
+    // w is [W, rank]: element i is (j, r) = (i / rank, i % rank).
+    for (uint32_t i = threadIdx.x; i < (uint32_t)rank * W; i += blockDim.x) {
+      const uint32_t j = i / rank, r = i - j * rank;
+      ws[r * W + j] = w[i];
+    }
+    __syncthreads();
+  }
+  const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x, stride = gridDim.x * blockDim.x;
+  if (W % V == 0 && aligned(a) && aligned(out) && (channel || aligned(act)) && (!has_minus || aligned(minus)) &&
+      (!has_plus || aligned(plus)) && (!has_bias || aligned(bias))) {
+    for (uint32_t v = first; v < n / V; v += stride) {
+      const uint32_t i = v * V, row = fdiv(i, width), j = i - row * W;
+      A m[V];
+      low_rank_m<T, V>(m, ws, w, act, row, j, W, tokens, rank, channel);
+      const auto av = vload(a + i);
+      typename VecOf<T>::type ov, sv, pv, bv;
+      if (has_minus) sv = vload(minus + i);
+      if (has_plus) pv = vload(plus + i);
+      if (has_bias) bv = vload(bias + j);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        A s = ld(av.v[k]) + m[k];
+        if (has_minus) s -= ld(sv.v[k]);
+        if (has_plus) s += ld(pv.v[k]);
+        if (has_bias) s += ld(bv.v[k]);
+        st(&ov.v[k], s);
+      }
+      vstore(out + i, ov);
+    }
+    return;
+  }
+  for (uint32_t i = first; i < n; i += stride) {
+    const uint32_t row = fdiv(i, width), j = i - row * W;
+    A m[1];
+    low_rank_m<T, 1>(m, ws, w, act, row, j, W, tokens, rank, channel);
+    A s = ld(a[i]) + m[0];
+    if (has_minus) s -= ld(minus[i]);
+    if (has_plus) s += ld(plus[i]);
+    if (has_bias) s += ld(bias[j]);
+    st(&out[i], s);
+  }
+}
+
 // Multi-tensor kernels (ops/cast.rs, ops/adamw.rs): the device pointers of up to MANY tensors
 // travel in a table passed by value as a kernel parameter (no allocation, no copy to the device,
 // as PyTorch's multi_tensor_apply), so that one launch serves dozens of small tensors. LoSA has
@@ -926,6 +1020,14 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                               FastDiv d, int has_minus, int has_plus,              \
                                               int has_bias) {                                      \
     residual_fwd<T>(a, m, minus, plus, bias, out, n, d, has_minus, has_plus, has_bias);            \
+  }                                                                                                \
+  extern "C" __global__ void low_rank_residual_##S(const T *a, const T *w, const T *act,            \
+                                                   const T *minus, const T *plus, const T *bias,   \
+                                                   T *out, uint32_t n, FastDiv width,              \
+                                                   FastDiv tokens, int rank, int channel,          \
+                                                   int has_minus, int has_plus, int has_bias) {    \
+    low_rank_residual<T>(a, w, act, minus, plus, bias, out, n, width, tokens, rank, channel,       \
+                         has_minus, has_plus, has_bias);                                           \
   }                                                                                                \
   extern "C" __global__ void adamw_many_##S(const __grid_constant__ AdamWTable t,                  \
                                             const double *clip, double b1, double b2,              \

@@ -9,7 +9,8 @@
 //!
 //! The ops: `layer_norm`, `bias_gelu`, `softmax` (scaled), `split_heads` (qkv bias + head split),
 //! `merge_heads` (attention's output back into token order), `bias_residual` (the ViT block's
-//! residual sums with their bias), `residual` (no graph), and `side_network`, LoSA's side network as
+//! residual sums with their bias), `residual` (no graph; what it adds may be a `LowRank` product,
+//! computed where it is added: low_rank.rs), and `side_network`, LoSA's side network as
 //! a single op with a hand-written backward (see side.rs), which hands its parameters' gradients over
 //! through a `GradSink` (grad_sink.rs); `adamw_update`, the optimiser's step for
 //! many parameters, in place; `cast_all`, many small tensors cast at once; `layer_norm_pool`, a
@@ -34,6 +35,7 @@ mod fast_div;
 mod grad_sink;
 mod heads;
 mod layer_norm;
+mod low_rank;
 mod norm_pool;
 #[cfg(test)]
 mod norm_pool_tests;
@@ -53,8 +55,9 @@ pub(crate) use cuda::prepare as prepare_cuda;
 pub use grad_sink::GradSink;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
+pub use low_rank::LowRank;
 pub use norm_pool::layer_norm_pool;
-pub use residual::{Terms, bias_residual, residual};
+pub use residual::{Terms, Update, bias_residual, residual};
 pub use side::{LowRankMix, SideBlock, side_network};
 pub use softmax::softmax;
 

@@ -10,18 +10,58 @@ use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Storag
 use rayon::prelude::*;
 
 use super::cpu::{Elem, slice};
+use super::low_rank::{LowRank, RowsOf};
+use crate::recipe::Mixer;
 
 const NAME: &str = "residual";
 
-/// `a + m − minus + plus + bias`, `bias` ([d]) along the last dimension d; `a`, `m`, `minus` and
-/// `plus` of one shape. Has no backward: an input that needs a gradient is an error, not a silent
-/// zero.
-pub fn residual(a: &Tensor, m: &Tensor, terms: Terms<'_>, bias: Option<&Tensor>) -> Result<Tensor> {
-    if [Some(a), Some(m), terms.minus, terms.plus, bias].into_iter().flatten().any(Tensor::track_op) {
+/// `a + m − minus + plus + bias`, `bias` ([d]) along the last dimension d; `a`, `minus` and
+/// `plus` of one shape, `m` a tensor of that shape or a [`LowRank`] product that fits it. Has no
+/// backward: an input that needs a gradient is an error, not a silent zero.
+pub fn residual<'a>(
+    a: &Tensor,
+    m: impl Into<Update<'a>>,
+    terms: Terms<'_>,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let m = m.into();
+    let inputs = [Some(a), terms.minus, terms.plus, bias].into_iter().flatten().chain(m.tensors());
+    if inputs.into_iter().any(Tensor::track_op) {
         bail!("{NAME}: has no backward, but an input needs a gradient");
     }
     let (storage, shape) = residual_storage(a, m, terms, bias)?;
     Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
+}
+
+/// What a [`residual`] adds: a full tensor, or a low-rank product that its kernel computes where it
+/// adds it (never written out; see low_rank.rs).
+#[derive(Debug, Clone, Copy)]
+pub enum Update<'a> {
+    /// A tensor of the residual's shape.
+    Dense(&'a Tensor),
+    /// A product that fits it.
+    LowRank(LowRank<'a>),
+}
+
+impl<'a> From<&'a Tensor> for Update<'a> {
+    fn from(m: &'a Tensor) -> Self {
+        Update::Dense(m)
+    }
+}
+
+impl<'a> From<LowRank<'a>> for Update<'a> {
+    fn from(m: LowRank<'a>) -> Self {
+        Update::LowRank(m)
+    }
+}
+
+impl Update<'_> {
+    fn tensors(&self) -> Vec<&Tensor> {
+        match self {
+            Update::Dense(m) => vec![m],
+            Update::LowRank(lr) => vec![lr.weight, lr.act],
+        }
+    }
 }
 
 /// The optional full-size terms of a [`residual`]: one subtracted, one added (LoSA's side network
@@ -37,55 +77,105 @@ pub struct Terms<'a> {
 /// [`residual`]'s kernel: the output storage and its shape, on the inputs' device.
 pub(crate) fn residual_storage(
     a: &Tensor,
-    m: &Tensor,
+    m: Update<'_>,
     terms: Terms<'_>,
     bias: Option<&Tensor>,
 ) -> Result<(Storage, Shape)> {
     let Terms { minus, plus } = terms;
     let d = a.dim(D::Minus1)?;
-    for t in [Some(m), minus, plus].into_iter().flatten() {
+    for t in [minus, plus].into_iter().flatten().chain(match m {
+        Update::Dense(m) => Some(m),
+        Update::LowRank(_) => None,
+    }) {
         if t.dims() != a.dims() {
             bail!("{NAME}: shapes {:?} and {:?} differ", a.dims(), t.dims());
         }
     }
+    let low_rank = match m {
+        Update::LowRank(lr) => Some((lr, lr.dims(a.dims())?)),
+        Update::Dense(_) => None,
+    };
     if let Some(bias) = bias
         && bias.dims() != [d]
     {
         bail!("{NAME}: bias {:?} does not fit the last dimension of {:?}", bias.dims(), a.dims());
     }
-    if [Some(m), minus, plus, bias].into_iter().flatten().any(|t| t.dtype() != a.dtype()) {
+    if [minus, plus, bias].into_iter().flatten().chain(m.tensors()).any(|t| t.dtype() != a.dtype()) {
         bail!("{NAME}: inputs of different dtypes");
     }
+    // A device whose kernel does not take a low-rank update's shapes gets it written out.
+    let dense = match low_rank {
+        Some((lr, dims)) if !kernel_takes(a, lr, dims)? => Some(lr.materialise()?),
+        _ => None,
+    };
+    // m itself, or the low-rank weight then its activation.
+    let (m, act) = match (&dense, m) {
+        (Some(m), _) | (None, Update::Dense(m)) => (m.contiguous()?, None),
+        (None, Update::LowRank(lr)) => (lr.weight.contiguous()?, Some(lr.act.contiguous()?)),
+    };
     let contiguous = |t: Option<&Tensor>| t.map(Tensor::contiguous).transpose();
-    let (a, m) = (a.contiguous()?, m.contiguous()?);
+    let a = a.contiguous()?;
     let (minus, plus, bias) = (contiguous(minus)?, contiguous(plus)?, contiguous(bias)?);
     let shape = a.shape().clone();
     let (sa, la) = a.storage_and_layout();
     let (sm, lm) = m.storage_and_layout();
-    let [minus, plus, bias] = [&minus, &plus, &bias].map(|t| t.as_ref().map(Tensor::storage_and_layout));
-    let [minus, plus, bias] = [&minus, &plus, &bias].map(|t| t.as_ref().map(|(s, l)| (&**s, *l)));
+    let [act, minus, plus, bias] =
+        [&act, &minus, &plus, &bias].map(|t| t.as_ref().map(Tensor::storage_and_layout));
+    let [act, minus, plus, bias] = [&act, &minus, &plus, &bias].map(|t| t.as_ref().map(|(s, l)| (&**s, *l)));
     match (&*sa, &*sm) {
         (Storage::Cpu(sa), Storage::Cpu(sm)) => {
             let extra = |s| super::cpu::extra_input(s, NAME);
             let terms = [extra(minus)?, extra(plus)?, extra(bias)?];
-            let out = residual_cpu((sa, la), (sm, lm), terms, d)?;
+            let m = match (low_rank, extra(act)?) {
+                (Some((lr, [_, tokens, _, rank])), Some(act)) => {
+                    Addend::LowRank { axis: lr.axis, weight: (sm, lm), act, tokens, rank }
+                }
+                _ => Addend::Dense((sm, lm)),
+            };
+            let out = residual_cpu((sa, la), m, terms, d)?;
             Ok((Storage::Cpu(out), shape))
         }
         #[cfg(feature = "cuda")]
         (Storage::Cuda(sa), Storage::Cuda(sm)) => {
             let extra = |s| super::cuda::extra_input(s, NAME);
             let terms = [extra(minus)?, extra(plus)?, extra(bias)?];
-            let out = super::cuda::residual((sa, la), (sm, lm), terms, d)?;
+            let out = match (low_rank, extra(act)?) {
+                (Some((lr, dims)), Some(act)) => {
+                    super::cuda::low_rank_residual((sa, la), lr.axis, (sm, lm), act, dims, terms)?
+                }
+                _ => super::cuda::residual((sa, la), (sm, lm), terms, d)?,
+            };
             Ok((Storage::Cuda(out), shape))
         }
         _ => bail!("{NAME}: no kernel for this device, or inputs on different devices"),
     }
 }
 
+/// Whether this device's kernel takes a low-rank update of `dims` (`[batch, tokens, width, rank]`):
+/// always on the CPU; on CUDA see `cuda::low_rank_fits`.
+fn kernel_takes(a: &Tensor, lr: LowRank<'_>, dims: [usize; 4]) -> Result<bool> {
+    match a.device() {
+        candle_core::Device::Cpu => Ok(true),
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(_) => Ok(super::cuda::low_rank_fits(lr.axis, dims, a.dtype())),
+        #[allow(unreachable_patterns)]
+        _ => {
+            let _ = (lr, dims);
+            Ok(false)
+        }
+    }
+}
+
 type In<'a> = (&'a CpuStorage, &'a Layout);
 
+/// The `m` of a CPU residual: a tensor, or a [`LowRank`]'s weight and activation.
+enum Addend<'a> {
+    Dense(In<'a>),
+    LowRank { axis: Mixer, weight: In<'a>, act: In<'a>, tokens: usize, rank: usize },
+}
+
 /// The CPU kernel for the inputs' dtype; `terms`: minus, plus and bias, each optional.
-fn residual_cpu(a: In, m: In, terms: [Option<In>; 3], d: usize) -> Result<CpuStorage> {
+fn residual_cpu(a: In, m: Addend, terms: [Option<In>; 3], d: usize) -> Result<CpuStorage> {
     match candle_core::backend::BackendStorage::dtype(a.0) {
         DType::F32 => fwd_cpu::<f32>(a, m, terms, d),
         DType::F64 => fwd_cpu::<f64>(a, m, terms, d),
@@ -95,13 +185,25 @@ fn residual_cpu(a: In, m: In, terms: [Option<In>; 3], d: usize) -> Result<CpuSto
     }
 }
 
-fn fwd_cpu<T: Elem>(a: In, m: In, [minus, plus, bias]: [Option<In>; 3], d: usize) -> Result<CpuStorage> {
+/// An [`Addend`] as slices of `T`.
+enum Rows<'a, T: Elem> {
+    Dense(&'a [T]),
+    LowRank(RowsOf<'a, T>),
+}
+
+fn fwd_cpu<T: Elem>(a: In, m: Addend, [minus, plus, bias]: [Option<In>; 3], d: usize) -> Result<CpuStorage> {
     fn get<'a, T: Elem>((s, l): In<'a>) -> Result<&'a [T]> {
         slice(s.as_slice::<T>()?, l, NAME)
     }
-    let (a, m) = (get::<T>(a)?, get::<T>(m)?);
+    let a = get::<T>(a)?;
     let [minus, plus, bias] = [minus, plus, bias].map(|t| t.map(get::<T>).transpose());
     let (minus, plus, bias) = (minus?, plus?, bias?);
+    let m = match m {
+        Addend::Dense(m) => Rows::Dense(get::<T>(m)?),
+        Addend::LowRank { axis, weight, act, tokens, rank } => {
+            Rows::LowRank(RowsOf::new(axis, get::<T>(weight)?, get::<T>(act)?, tokens, rank))
+        }
+    };
     let zero = <T::A as super::cpu::Acc>::ZERO;
     let mut out = vec![T::store(zero); a.len()];
     if d > 0 {
@@ -113,8 +215,12 @@ fn fwd_cpu<T: Elem>(a: In, m: In, [minus, plus, bias]: [Option<In>; 3], d: usize
             || vec![zero; d],
             |acc, (r, o)| {
                 let range = r * d..(r + 1) * d;
-                for ((acc, a), m) in acc.iter_mut().zip(&a[range.clone()]).zip(&m[range.clone()]) {
-                    *acc = a.load() + m.load();
+                match &m {
+                    Rows::Dense(m) => {
+                        let (a, m) = (&a[range.clone()], &m[range.clone()]);
+                        acc.iter_mut().zip(a).zip(m).for_each(|((acc, a), m)| *acc = a.load() + m.load());
+                    }
+                    Rows::LowRank(lr) => lr.add_into(r, &a[range.clone()], acc),
                 }
                 if let Some(s) = minus {
                     acc.iter_mut().zip(&s[range.clone()]).for_each(|(acc, s)| *acc -= s.load());
@@ -161,7 +267,7 @@ impl CustomOp3 for BiasResidual {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         // The residual kernel with a bias and nothing to subtract, as on CUDA.
-        let out = residual_cpu((s1, l1), (s2, l2), [None, None, Some((s3, l3))], self.d)?;
+        let out = residual_cpu((s1, l1), Addend::Dense((s2, l2)), [None, None, Some((s3, l3))], self.d)?;
         Ok((out, l1.shape().clone()))
     }
 

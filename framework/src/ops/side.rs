@@ -26,6 +26,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
 
 use super::GradSink;
+use super::LowRank;
 use super::bias_gelu::bias_gelu_dx;
 use super::layer_norm::{layer_norm_dparams, layer_norm_dx, layer_norm_grads};
 use super::residual::{Terms, residual, residual_storage};
@@ -115,12 +116,10 @@ impl LowRankMix {
         }
     }
 
-    /// `Up(a)` before its bias: `a·Wuᵀ` or `Wu·a`, [batch, tokens, width].
-    fn up(&self, a: &Tensor) -> Result<Tensor> {
-        match self.axis {
-            Mixer::Channel => Linear { weight: self.up.clone(), bias: None }.forward(a),
-            Mixer::Token => self.up.broadcast_matmul(a),
-        }
+    /// `Up(a)` before its bias, `a·Wuᵀ` or `Wu·a` ([batch, tokens, width]), as the residual adds
+    /// it: computed where it is added, never written out.
+    fn up<'a>(&'a self, a: &'a Tensor) -> LowRank<'a> {
+        LowRank { axis: self.axis, weight: &self.up, act: a }
     }
 }
 
@@ -186,19 +185,23 @@ pub fn side_network(y: &Tensor, blocks: &[SideBlock], eps: f64, sink: &GradSink)
             let Some(mix) = chain.next() else { bail!("side_network: mixers lost") };
             let pre = mix.down(&mix.normed(&h, eps)?)?;
             let a = mix.activation(&pre)?;
-            let m = mix.up(&a)?;
-            inputs.push(h.clone());
-            pres.push(pre);
-            acts.push(a);
             let bias = mix.up_bias.as_ref();
-            if k + 1 < block.mixers.len() {
-                h = residual(&h, &m, Terms::default(), bias)?;
+            let next = if k + 1 < block.mixers.len() {
+                Some(residual(&h, mix.up(&a), Terms::default(), bias)?)
             } else if let Some(next) = features.get(i + 1) {
                 // The next block's z = y_i + b_{i+1} = h + m + bu − b_i + b_{i+1}, in one pass
                 // (y_i itself is never needed).
-                h = residual(&h, &m, Terms { minus: Some(&features[i]), plus: Some(next) }, bias)?;
+                let terms = Terms { minus: Some(&features[i]), plus: Some(next) };
+                Some(residual(&h, mix.up(&a), terms, bias)?)
             } else {
-                last = Some((m, features[i].clone()));
+                last = Some(features[i].clone());
+                None
+            };
+            inputs.push(h.clone());
+            pres.push(pre);
+            acts.push(a);
+            if let Some(next) = next {
+                h = next;
             }
         }
     }
@@ -224,20 +227,23 @@ struct SideNetwork {
     /// Each mixer's activation, dropped out (rank-sized; kept, as recomputing it costs an erf per
     /// element, which dominates the element-wise work on the CPU).
     acts: Vec<Tensor>,
-    /// What only the forward reads, until it consumes it: the last mixer's `Up(..)` and `b_L`
-    /// (detached, contiguous). Dropped then, so the graph does not hold a copy of the features
-    /// (on CUDA an f32 copy of the bf16 block output) through the backward.
-    last: Mutex<Option<(Tensor, Tensor)>>,
+    /// What only the forward reads, until it consumes it: `b_L` (detached, contiguous). Dropped
+    /// then, so the graph does not hold a copy of the features (on CUDA an f32 copy of the bf16
+    /// block output) through the backward.
+    last: Mutex<Option<Tensor>>,
     eps: f64,
 }
 
 impl SideNetwork {
     fn output(&self) -> Result<(Storage, Shape)> {
         let last = self.last.lock().ok().and_then(|mut last| last.take());
-        let (Some((m, features)), Some(h), Some(mix)) = (last, self.inputs.last(), self.mixers.last()) else {
+        let (Some(features), Some(h), Some(a), Some(mix)) =
+            (last, self.inputs.last(), self.acts.last(), self.mixers.last())
+        else {
             bail!("side_network: forward ran twice");
         };
-        residual_storage(h, &m, Terms { minus: Some(&features), plus: None }, mix.up_bias.as_ref())
+        let terms = Terms { minus: Some(&features), plus: None };
+        residual_storage(h, mix.up(a).into(), terms, mix.up_bias.as_ref())
     }
 
     /// The gradients of mixer `k`'s parameters (in [`LowRankMix::params`] order, in the

@@ -8,7 +8,7 @@ use super::tests::{
     check_finite_differences_via, grads_of, grads_via, layer_norm_unfused, max_rel_err, normal, tolerance,
     values,
 };
-use super::{GradSink, LowRankMix, SideBlock, Terms, bias_gelu, residual, side_network};
+use super::{GradSink, LowRank, LowRankMix, SideBlock, Terms, bias_gelu, residual, side_network};
 use crate::recipe::Mixer;
 
 const DTYPES: [DType; 4] = [DType::F64, DType::F32, DType::F16, DType::BF16];
@@ -59,6 +59,51 @@ fn residual_refuses_an_input_that_needs_a_gradient() {
     let err =
         residual(&m, &m, Terms { minus: None, plus: Some(v.as_tensor()) }, None).unwrap_err().to_string();
     assert!(err.contains("has no backward"), "{err}");
+}
+
+#[test]
+fn a_low_rank_update_matches_its_product_written_out() {
+    let [batch, tokens, width] = SHAPE;
+    let rank = 3;
+    let [a, minus, plus] = [1, 3, 4].map(|seed| normal(&SHAPE, 1.0, seed));
+    let bias = normal(&[width], 1.0, 5);
+    // Channel: m = act·Wᵀ per token; token: m = W·act per image.
+    let cases = [
+        (Mixer::Channel, normal(&[width, rank], 0.7, 6), normal(&[batch, tokens, rank], 1.0, 7)),
+        (Mixer::Token, normal(&[tokens, rank], 0.7, 8), normal(&[batch, rank, width], 1.0, 9)),
+    ];
+    for (axis, weight, act) in &cases {
+        // In f64, the reference sum of the product and the terms.
+        let m = LowRank { axis: *axis, weight, act }.materialise().unwrap();
+        let reference =
+            (((&a + &m).unwrap() - &minus).unwrap() + &plus).unwrap().broadcast_add(&bias).unwrap();
+        for dtype in DTYPES {
+            let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let (a, weight, act, minus, plus, bias) =
+                (c(&a), c(weight), c(act), c(&minus), c(&plus), c(&bias));
+            let terms = Terms { minus: Some(&minus), plus: Some(&plus) };
+            let update = LowRank { axis: *axis, weight: &weight, act: &act };
+            let out = residual(&a, update, terms, Some(&bias)).unwrap();
+            let (tol, floor) = tolerance(dtype);
+            let err = max_rel_err(&out, &reference, floor);
+            assert!(err < tol, "{axis:?} {dtype:?}: {err:e}");
+            // And with none of the optional terms, from strided inputs.
+            let (wt, at) =
+                (weight.t().unwrap().contiguous().unwrap(), act.t().unwrap().contiguous().unwrap());
+            let update = LowRank { axis: *axis, weight: &wt.t().unwrap(), act: &at.t().unwrap() };
+            let out = residual(&a, update, Terms::default(), None).unwrap();
+            let err = max_rel_err(&out, &(&c(&a) + &c(&m)).unwrap().to_dtype(DType::F64).unwrap(), floor);
+            assert!(err < tol, "{axis:?} {dtype:?}, no terms: {err:e}");
+        }
+    }
+    // Shapes that do not fit are named.
+    let (weight, act) = (normal(&[width, rank], 1.0, 6), normal(&[batch, tokens + 1, rank], 1.0, 7));
+    let update = LowRank { axis: Mixer::Channel, weight: &weight, act: &act };
+    let err = residual(&a, update, Terms::default(), None).unwrap_err().to_string();
+    assert!(err.contains("does not fit"), "{err}");
+    let update = LowRank { axis: Mixer::Token, weight: &weight, act: &act };
+    let err = residual(&a, update, Terms::default(), None).unwrap_err().to_string();
+    assert!(err.contains("does not fit"), "{err}");
 }
 
 /// A side block to test: its mixers in order, whether they normalise, whether dropout masks apply.

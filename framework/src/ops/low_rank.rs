@@ -1,0 +1,101 @@
+//! A low-rank product that a residual adds without writing it to memory: a LoSA mixer's
+//! up-projection `Up(a)` of its rank-sized activation. Composed, one GEMM writes the full-size
+//! `[batch, tokens, width]` product and the residual reads it back: two of a mixer's full-size
+//! passes, for a product whose every element is a dot product of length rank (8 by default). The
+//! residual's kernel computes each element where it adds it instead (`ops::residual` with
+//! [`Update::LowRank`](super::Update)).
+
+use candle_core::{Result, Tensor, bail};
+
+use super::cpu::Elem;
+use crate::recipe::Mixer;
+
+/// `m`, `[batch, tokens, width]`, as the product of a weight and an activation of rank `R`.
+#[derive(Debug, Clone, Copy)]
+pub struct LowRank<'a> {
+    /// Channel: `m[b, t, :] = act[b, t, :]·weightᵀ`, weight `[width, R]`, act `[batch, tokens, R]`
+    /// (a channel mixer's `Up`). Token: `m[b] = weight·act[b]`, weight `[tokens, R]`, act
+    /// `[batch, R, width]` (a token mixer's).
+    pub axis: Mixer,
+    /// The mixer's up-projection weight.
+    pub weight: &'a Tensor,
+    /// Its activation.
+    pub act: &'a Tensor,
+}
+
+impl LowRank<'_> {
+    /// `(batch, tokens, width, rank)`, checked against each other and against `out`, the shape
+    /// of the residual that adds `m`; an error names what does not fit.
+    pub(crate) fn dims(&self, out: &[usize]) -> Result<[usize; 4]> {
+        let (w, a) = (self.weight.dims(), self.act.dims());
+        let fits = match (self.axis, out, w, a) {
+            (Mixer::Channel, &[b, t, d], &[wd, r], &[ab, at, ar]) => (wd, ab, at, ar) == (d, b, t, r),
+            (Mixer::Token, &[b, t, d], &[wt, r], &[ab, ar, ad]) => (wt, ab, ar, ad) == (t, b, r, d),
+            _ => false,
+        };
+        match (fits, out, w) {
+            (true, &[b, t, d], &[_, r]) => Ok([b, t, d, r]),
+            _ => bail!(
+                "residual: a {:?} low-rank update of weight {w:?} and activation {a:?} does not fit {out:?}",
+                self.axis
+            ),
+        }
+    }
+
+    /// `m` written out (candle's matmul): where a device's kernel does not take the shapes.
+    pub(crate) fn materialise(&self) -> Result<Tensor> {
+        match self.axis {
+            Mixer::Channel => self.act.broadcast_matmul(&self.weight.t()?),
+            Mixer::Token => self.weight.broadcast_matmul(self.act),
+        }
+    }
+}
+
+/// A [`LowRank`] on the CPU, its weight and activation as contiguous slices: the rows of `a + m`.
+pub(crate) struct RowsOf<'a, T: Elem> {
+    axis: Mixer,
+    weight: &'a [T],
+    /// The channel weight transposed to `[R][width]` and widened, once per call, so that each
+    /// loop below runs along a row and vectorises (the token weight is read as it is).
+    wt: Vec<T::A>,
+    act: &'a [T],
+    tokens: usize,
+    rank: usize,
+}
+
+impl<'a, T: Elem> RowsOf<'a, T> {
+    pub(crate) fn new(axis: Mixer, weight: &'a [T], act: &'a [T], tokens: usize, rank: usize) -> Self {
+        let wt = match axis {
+            Mixer::Channel if rank > 0 => {
+                let d = weight.len() / rank;
+                (0..rank).flat_map(|r| (0..d).map(move |j| weight[j * rank + r].load())).collect()
+            }
+            _ => Vec::new(),
+        };
+        Self { axis, weight, wt, act, tokens, rank }
+    }
+
+    /// `acc = a_row + m_row` for output row `row` (image `row / tokens`, token `row % tokens`), `m`
+    /// summed over the rank in order, in the accumulation type, as the CUDA kernel sums it.
+    pub(crate) fn add_into(&self, row: usize, a_row: &[T], acc: &mut [T::A]) {
+        let (d, zero) = (acc.len(), <T::A as super::cpu::Acc>::ZERO);
+        acc.fill(zero);
+        for r in 0..self.rank {
+            match self.axis {
+                Mixer::Channel => {
+                    let p = self.act[row * self.rank + r].load();
+                    let q = &self.wt[r * d..(r + 1) * d];
+                    acc.iter_mut().zip(q).for_each(|(acc, &q)| *acc += p * q);
+                }
+                Mixer::Token => {
+                    let (b, t) = (row / self.tokens, row % self.tokens);
+                    let p = self.weight[t * self.rank + r].load();
+                    let start = (b * self.rank + r) * d;
+                    let q = &self.act[start..start + d];
+                    acc.iter_mut().zip(q).for_each(|(acc, q)| *acc += p * q.load());
+                }
+            }
+        }
+        acc.iter_mut().zip(a_row).for_each(|(acc, a)| *acc = a.load() + *acc);
+    }
+}
