@@ -291,7 +291,7 @@ fn block_counters(dev: &candle_core::cuda_backend::CudaDevice, n: usize) -> Resu
 pub(crate) fn layer_norm_grads(
     x: &candle_core::Tensor,
     w: &candle_core::Tensor,
-    g: &candle_core::Tensor,
+    g: super::Operand<'_>,
     add: Option<&candle_core::Tensor>,
     eps: f64,
 ) -> Result<Option<(candle_core::Tensor, candle_core::Tensor)>> {
@@ -306,7 +306,7 @@ pub(crate) fn layer_norm_grads(
 fn ln_grads<T: Kern>(
     x: &candle_core::Tensor,
     w: &candle_core::Tensor,
-    g: &candle_core::Tensor,
+    g: super::Operand<'_>,
     add: Option<&candle_core::Tensor>,
     eps: f64,
 ) -> Result<Option<(candle_core::Tensor, candle_core::Tensor)>> {
@@ -316,6 +316,15 @@ fn ln_grads<T: Kern>(
     if d == 0 || el == 0 || padded::<T>(d) != d || d > 32 * LN_LANE_ELEMS {
         return Ok(None);
     }
+    // A low-rank g is read through its description (checked by `low_rank_args`); a dense one is
+    // the kernel's `g`.
+    let (g, lr) = match g {
+        super::Operand::Dense(g) => (g, None),
+        super::Operand::LowRank(lr) => match low_rank_args::<T>(lr, x.dims())? {
+            Some(args) => (x, Some(args)),
+            None => return Ok(None),
+        },
+    };
     let mut tensors = vec![x, w, g];
     tensors.extend(add);
     let fits = |t: &&candle_core::Tensor| {
@@ -351,15 +360,24 @@ fn ln_grads<T: Kern>(
     args.arg(&sums);
     let counter = block_counter(dev)?;
     builder_arg!(args, rows as i32, d as i32, eps, add.is_some() as i32, counter);
+    // Without a low-rank g, a description that is never read (its flag is 0).
+    let lr_args = match lr {
+        Some(args) => args,
+        None => LowRankArgs::unused()?,
+    };
+    args.arg(&lr_args);
+    builder_arg!(args, lr.is_some() as i32);
     let config = LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
         block_dim: (BLOCK as u32, 1, 1),
         shared_mem_bytes: shared as u32,
     };
     // SAFETY: the arguments match `layer_norm_bwd_<dtype>(const T*, const T*, const T*, const T*,
-    // T*, A*, A*, int, int, double, int, unsigned int*)`; x, g, add (read only when flagged) and
-    // dx hold rows·d elements, w d, partial blocks·2·d, sums 2·d, the counter one zeroed u32,
-    // and the dynamic shared memory 2·d accumulators (at most 10 KB: d ≤ 1280).
+    // T*, A*, A*, int, int, double, int, unsigned int*, LowRankOf<T>, int)`; x, g (read only
+    // without a low-rank g), add (read only when flagged) and dx hold rows·d elements, w d,
+    // partial blocks·2·d, sums 2·d, the counter one zeroed u32, the low-rank description (read
+    // only when flagged) addresses its tensors within their elements (`low_rank_args`), and the
+    // dynamic shared memory holds 2·d accumulators (at most 10 KB: d ≤ 1280).
     unsafe { args.launch(config) }.w()?;
     let wrap = |storage| Storage::Cuda(storage);
     let dx = Tensor::from_storage(
@@ -375,6 +393,93 @@ fn ln_grads<T: Kern>(
         false,
     );
     Ok(Some((dx, sums)))
+}
+
+/// kernels.cu's `LowRankOf<T>`: a low-rank operand for a kernel to compute where it reads it,
+/// element (b, t, j) = Σ_r p[b·pb + t·pt + r·pr] · q[b·qb + r·qr + j].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct LowRankArgs {
+    p: u64,
+    q: u64,
+    pb: u32,
+    pt: u32,
+    pr: u32,
+    qb: u32,
+    qr: u32,
+    rank: i32,
+    tokens: FastDiv,
+}
+
+// SAFETY: `#[repr(C)]`: two device pointers, five u32, an i32 and a FastDiv, as kernels.cu's
+// `LowRankOf<T>` (whose pointers are 8 bytes); valid for any bits.
+unsafe impl DeviceRepr for LowRankArgs {}
+
+impl LowRankArgs {
+    /// A description for a kernel whose flag says there is none: never read.
+    fn unused() -> Result<Self> {
+        let tokens = FastDiv::new(1)?;
+        Ok(Self { p: 0, q: 0, pb: 0, pt: 0, pr: 0, qb: 0, qr: 0, rank: 0, tokens })
+    }
+}
+
+/// The description of `lr` for a kernel that reads it in whole vectors along the width (the
+/// LayerNorm backward's vector path), if its layout allows: an activation of `T`, contiguous and
+/// 16-byte aligned, a weight contiguous or the transpose of a contiguous one, and (channel) the
+/// weight's rows along the width contiguous and 16-byte aligned: the mixer's `Wdᵀ`, as
+/// ops/side.rs passes it. None otherwise (the caller writes the operand out). `out`: the shape
+/// of the operand, `[batch, tokens, width]`.
+fn low_rank_args<T: Kern>(lr: super::LowRank<'_>, out: &[usize]) -> Result<Option<LowRankArgs>> {
+    const OP: &str = "low-rank operand";
+    let [_, tokens, d, rank] = lr.dims(out)?;
+    let fits = |t: &candle_core::Tensor| t.dtype() == T::DTYPE && t.elem_count() < 1 << 31;
+    if !fits(lr.weight) || !fits(lr.act) || !lr.act.is_contiguous() || tokens == 0 || d == 0 {
+        return Ok(None);
+    }
+    // The weight's base pointer and strides (rows, columns) in elements.
+    let (w, [s0, s1]) = if lr.weight.is_contiguous() {
+        (raw::<T>(lr.weight, OP)?.0, [rank, 1])
+    } else if lr.weight.t()?.is_contiguous() {
+        (raw::<T>(&lr.weight.t()?, OP)?.0, [1, lr.weight.dim(0)?])
+    } else {
+        return Ok(None);
+    };
+    let act = raw::<T>(lr.act, OP)?.0;
+    let size = std::mem::size_of::<T>();
+    let vector = |ptr: u64, stride: usize| {
+        ptr.is_multiple_of(VEC_BYTES as u64) && (stride * size).is_multiple_of(VEC_BYTES)
+    };
+    let u =
+        |v: usize| u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{OP}: {v} is too large")));
+    let tokens_div = FastDiv::new(tokens)?;
+    Ok(match lr.axis {
+        // act [batch, tokens, rank] per row; the weight [width, rank] read as q[r][j] = w[j·s0 + r·s1].
+        Mixer::Channel if s0 == 1 && vector(w, s1) => Some(LowRankArgs {
+            p: act,
+            q: w,
+            pb: u(tokens * rank)?,
+            pt: u(rank)?,
+            pr: 1,
+            qb: 0,
+            qr: u(s1)?,
+            rank: rank as i32,
+            tokens: tokens_div,
+        }),
+        Mixer::Channel => None,
+        // The weight [tokens, rank] per token; act [batch, rank, width] per image.
+        Mixer::Token if vector(act, d) => Some(LowRankArgs {
+            p: w,
+            q: act,
+            pb: 0,
+            pt: u(s0)?,
+            pr: u(s1)?,
+            qb: u(rank * d)?,
+            qr: u(d)?,
+            rank: rank as i32,
+            tokens: tokens_div,
+        }),
+        Mixer::Token => None,
+    })
 }
 
 pub(crate) fn layer_norm_bwd_params(x: In, g: In, eps: f64) -> Result<(CudaStorage, Shape)> {

@@ -352,17 +352,73 @@ __device__ void finish_partials(const A *partial, A *out, int parts, int n, unsi
   if (tid == 0) *counter = 0;
 }
 
+// A full-size [batch, tokens, W] operand that is a low-rank product, read where it is needed
+// instead of from memory (ops/low_rank.rs): element (b, t, j) is
+//   sum_r p[b pb + t pt + r pr] q[b qb + r qr + j],
+// rows (b, t) of `tokens` tokens; q contiguous along j. cuda.rs's `LowRankArgs` is this struct
+// (two pointers, five u32, an int, a FastDiv).
+template <typename T> struct LowRankOf {
+  const T *p, *q;
+  uint32_t pb, pt, pr, qb, qr;
+  int rank;
+  FastDiv tokens;
+};
+
+// Columns j..j+K-1 of row `row` of a low-rank operand, summed over the rank in order in A; with K
+// the vector width, q's K elements are one 16-byte load (the caller checks the alignment).
+template <typename T, int K>
+__device__ __forceinline__ void low_rank_m(typename Acc<T>::type (&m)[K], const LowRankOf<T> &lr, uint32_t row,
+                                           uint32_t j) {
+  typedef typename Acc<T>::type A;
+#pragma unroll
+  for (int k = 0; k < K; ++k) m[k] = A(0);
+  uint32_t t;
+  const uint32_t b = fdivmod(row, lr.tokens, &t);
+  const T *p = lr.p + (uint64_t)b * lr.pb + (uint64_t)t * lr.pt;
+  const T *q = lr.q + (uint64_t)b * lr.qb + j;
+  for (int r = 0; r < lr.rank; ++r) {
+    const A pr = ld(p[(uint64_t)r * lr.pr]);
+    const T *qr = q + (uint64_t)r * lr.qr;
+    if constexpr (K == VecOf<T>::n) {
+      const auto qv = vload(qr);
+#pragma unroll
+      for (int k = 0; k < K; ++k) m[k] += pr * ld(qv.v[k]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < K; ++k) m[k] += pr * ld(qr[k]);
+    }
+  }
+}
+
+// Lane `lane`'s vectors of row `row` of a low-rank operand (as `load_row` holds a row), each
+// element rounded to T as a GEMM writing the operand would round it.
+template <typename T>
+__device__ __forceinline__ void low_rank_row(const LowRankOf<T> &lr, uint32_t row, int nv, int lane, RowVecs<T> &r) {
+  constexpr int V = RowVecs<T>::V;
+#pragma unroll
+  for (int k = 0; k < RowVecs<T>::K; ++k) {
+    if (lane + 32 * k >= nv) continue;
+    typename Acc<T>::type m[V];
+    low_rank_m<T, V>(m, lr, row, (uint32_t)(lane + 32 * k) * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) st(&r.v[k].v[e], m[e]);
+  }
+}
+
 // LayerNorm's input, scale and shift gradients in one pass over x and g, for rows the vector path
 // takes (the caller checks): dx as layer_norm_bwd_x, by warps that take rows warp, warp + warps,
 // ... of the grid and also sum g·xhat and g per column over their rows, each lane its own
 // columns in registers. The block's warps then add theirs in warp order in shared memory into
 // partial[block] = [Σ g·xhat ; Σ g] ([2, d]), and the last block sums the partials in block
 // order into sums ([2, d]): a fixed summation order, no atomics on the values. Blocks of
-// blockDim.x threads, 2·d accumulators of dynamic shared memory.
+// blockDim.x threads, 2·d accumulators of dynamic shared memory. With has_lr, g is the low-rank
+// operand lr (LoSA's gradient at a mixer's normed input), computed row by row and never read
+// from memory (g is then not read).
 template <typename T>
 __device__ void layer_norm_bwd(const T *x, const T *w, const T *g, const T *add, T *dx,
                                typename Acc<T>::type *partial, typename Acc<T>::type *sums, int rows,
-                               int d, double eps, int has_add, unsigned int *counter) {
+                               int d, double eps, int has_add, unsigned int *counter, LowRankOf<T> lr,
+                               int has_lr) {
   if constexpr (sizeof(T) > 4) return;  // never launched for f64 (see `row_vectors`)
   typedef typename Acc<T>::type A;
   constexpr int V = RowVecs<T>::V, K = RowVecs<T>::K;
@@ -379,7 +435,10 @@ __device__ void layer_norm_bwd(const T *x, const T *w, const T *g, const T *add,
     const size_t at = (size_t)row * d;
     RowVecs<T> rx, rg;
     load_row(x + at, nv, lane, rx);
-    load_row(g + at, nv, lane, rg);
+    if (has_lr)
+      low_rank_row(lr, (uint32_t)row, nv, lane, rg);
+    else
+      load_row(g + at, nv, lane, rg);
     A mean, rstd;
     vec_row_stats(rx, nv, d, eps, lane, &mean, &rstd);
     A m1, m2;
@@ -537,37 +596,6 @@ __device__ void residual_fwd(const T *a, const T *m, const T *minus, const T *pl
   }
 }
 
-// m at row `row` (image b, token t) and columns j..j+K-1 of a low-rank product, summed over the
-// rank in order (see low_rank_residual); ws: the channel weight staged as [rank][W].
-template <typename T, int K>
-__device__ __forceinline__ void low_rank_m(typename Acc<T>::type (&m)[K], const T *ws, const T *w, const T *act,
-                                           uint32_t row, uint32_t j, uint32_t W, FastDiv tokens, int rank,
-                                           bool channel) {
-  typedef typename Acc<T>::type A;
-#pragma unroll
-  for (int k = 0; k < K; ++k) m[k] = A(0);
-  uint32_t t = 0, b = 0;
-  const T *p;
-  if (channel) {
-    p = act + (uint64_t)row * rank;
-  } else {
-    b = fdivmod(row, tokens, &t);
-    p = w + (uint64_t)t * rank;
-  }
-  for (int r = 0; r < rank; ++r) {
-    const A pr = ld(p[r]);
-    const T *q = channel ? ws + (uint64_t)r * W + j : act + ((uint64_t)b * rank + r) * W + j;
-    if constexpr (K == VecOf<T>::n) {
-      const auto qv = vload(q);
-#pragma unroll
-      for (int k = 0; k < K; ++k) m[k] += pr * ld(qv.v[k]);
-    } else {
-#pragma unroll
-      for (int k = 0; k < K; ++k) m[k] += pr * ld(q[k]);
-    }
-  }
-}
-
 // out = a + m - minus + plus + bias[j], m a low-rank product that is never written to memory (a
 // LoSA mixer's up-projection of its rank-sized activation: writing m and reading it back were two
 // of the mixer's full-size passes). Rows are (image b, token t) of width W:
@@ -595,13 +623,16 @@ __device__ void low_rank_residual(const T *a, const T *w, const T *act, const T 
     }
     __syncthreads();
   }
+  const uint32_t R = rank;
+  const LowRankOf<T> lr = channel ? LowRankOf<T>{act, ws, tokens.d * R, R, 1, 0, W, rank, tokens}
+                                  : LowRankOf<T>{w, act, 0, R, 1, R * W, W, rank, tokens};
   const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x, stride = gridDim.x * blockDim.x;
   if (W % V == 0 && aligned(a) && aligned(out) && (channel || aligned(act)) && (!has_minus || aligned(minus)) &&
       (!has_plus || aligned(plus)) && (!has_bias || aligned(bias))) {
     for (uint32_t v = first; v < n / V; v += stride) {
       const uint32_t i = v * V, row = fdiv(i, width), j = i - row * W;
       A m[V];
-      low_rank_m<T, V>(m, ws, w, act, row, j, W, tokens, rank, channel);
+      low_rank_m<T, V>(m, lr, row, j);
       const auto av = vload(a + i);
       typename VecOf<T>::type ov, sv, pv, bv;
       if (has_minus) sv = vload(minus + i);
@@ -622,7 +653,7 @@ __device__ void low_rank_residual(const T *a, const T *w, const T *act, const T 
   for (uint32_t i = first; i < n; i += stride) {
     const uint32_t row = fdiv(i, width), j = i - row * W;
     A m[1];
-    low_rank_m<T, 1>(m, ws, w, act, row, j, W, tokens, rank, channel);
+    low_rank_m<T, 1>(m, lr, row, j);
     A s = ld(a[i]) + m[0];
     if (has_minus) s -= ld(minus[i]);
     if (has_plus) s += ld(plus[i]);
@@ -999,8 +1030,9 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
   extern "C" __global__ void layer_norm_bwd_##S(const T *x, const T *w, const T *g, const T *add,   \
                                                 T *dx, Acc<T>::type *partial, Acc<T>::type *sums,  \
                                                 int rows, int d, double eps, int has_add,          \
-                                                unsigned int *counter) {                           \
-    layer_norm_bwd<T>(x, w, g, add, dx, partial, sums, rows, d, eps, has_add, counter);            \
+                                                unsigned int *counter, LowRankOf<T> lr,            \
+                                                int has_lr) {                                      \
+    layer_norm_bwd<T>(x, w, g, add, dx, partial, sums, rows, d, eps, has_add, counter, lr, has_lr); \
   }                                                                                                \
   extern "C" __global__ void layer_norm_bwd_params_##S(const T *x, const T *g,                     \
                                                        Acc<T>::type *partial, int rows, int per,   \

@@ -12,6 +12,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use super::Operand;
 use super::cpu::{Acc, Elem, cpu_dispatch, slice};
 
 /// Rows per partial sum of the scale and shift gradients on the CPU.
@@ -109,7 +110,7 @@ impl CustomOp3 for Fwd {
             // A frozen norm (LoSA's head reads the backbone's final norm): skip the reduction.
             return Ok((Some(layer_norm_dx(x, weight, &grad, None, self.eps)?), None, None));
         }
-        let (dx, dw, db) = layer_norm_grads(x, weight, &grad, None, self.eps)?;
+        let (dx, dw, db) = layer_norm_grads(x, weight, (&grad).into(), None, self.eps)?;
         Ok((Some(dx), Some(dw.to_dtype(weight.dtype())?), Some(db.to_dtype(bias.dtype())?)))
     }
 }
@@ -148,14 +149,19 @@ pub(crate) fn layer_norm_dparams(x: &Tensor, grad: &Tensor, eps: f64) -> Result<
 
 /// [`layer_norm_dx`] and [`layer_norm_dparams`] together, `(dx, dw, db)`: on CUDA, for rows its
 /// vector path takes (a ViT's), in one pass over `x` and `grad` where the two take two and a
-/// launch more.
+/// launch more. `grad` may be a low-rank product (LoSA's gradient at a mixer's normed input),
+/// which that kernel computes row by row instead of reading it; elsewhere it is written out
+/// first (its elements rounded to the dtype, as the kernel rounds them).
 pub(crate) fn layer_norm_grads(
     x: &Tensor,
     weight: &Tensor,
-    grad: &Tensor,
+    grad: Operand<'_>,
     add: Option<&Tensor>,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    if let Operand::LowRank(lr) = grad {
+        lr.dims(x.dims())?;
+    }
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
         let fits = add.is_none_or(|a| a.dims() == x.dims());
@@ -164,8 +170,9 @@ pub(crate) fn layer_norm_grads(
             return Ok((dx, sums.get(0)?, sums.get(1)?));
         }
     }
-    let (dw, db) = layer_norm_dparams(x, grad, eps)?;
-    Ok((layer_norm_dx(x, weight, grad, add, eps)?, dw, db))
+    let grad = grad.materialise()?.contiguous()?;
+    let (dw, db) = layer_norm_dparams(x, &grad, eps)?;
+    Ok((layer_norm_dx(x, weight, &grad, add, eps)?, dw, db))
 }
 
 /// `dx` (plus `add`) from `(x, weight, grad)`. `add` is contiguous and read through its storage

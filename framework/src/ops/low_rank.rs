@@ -1,16 +1,56 @@
-//! A low-rank product that a residual adds without writing it to memory: a LoSA mixer's
-//! up-projection `Up(a)` of its rank-sized activation. Composed, one GEMM writes the full-size
-//! `[batch, tokens, width]` product and the residual reads it back: two of a mixer's full-size
-//! passes, for a product whose every element is a dot product of length rank (8 by default). The
-//! residual's kernel computes each element where it adds it instead (`ops::residual` with
-//! [`Update::LowRank`](super::Update)).
+//! Low-rank products that the ops read without their being written to memory: a LoSA mixer's
+//! up-projection `Up(a)` of its rank-sized activation, which a residual adds, and the gradient
+//! at its normed input, `dpre·Wd` or `Wdᵀ·dpre`, which the LayerNorm's backward reads. Composed, a
+//! GEMM writes the full-size `[batch, tokens, width]` product and the next op reads it back: two
+//! of a mixer's full-size passes each time, for a product whose every element is a dot product of
+//! length rank (8 by default). The kernels compute each element where they read it instead.
 
 use candle_core::{Result, Tensor, bail};
 
 use super::cpu::Elem;
 use crate::recipe::Mixer;
 
-/// `m`, `[batch, tokens, width]`, as the product of a weight and an activation of rank `R`.
+/// A full-size operand of an op: a tensor, or a low-rank product that the op's kernel computes
+/// where it reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum Operand<'a> {
+    /// A tensor of the op's shape.
+    Dense(&'a Tensor),
+    /// A product that fits it.
+    LowRank(LowRank<'a>),
+}
+
+impl<'a> From<&'a Tensor> for Operand<'a> {
+    fn from(m: &'a Tensor) -> Self {
+        Operand::Dense(m)
+    }
+}
+
+impl<'a> From<LowRank<'a>> for Operand<'a> {
+    fn from(m: LowRank<'a>) -> Self {
+        Operand::LowRank(m)
+    }
+}
+
+impl Operand<'_> {
+    /// The tensors it is made of.
+    pub(crate) fn tensors(&self) -> Vec<&Tensor> {
+        match self {
+            Operand::Dense(m) => vec![m],
+            Operand::LowRank(lr) => vec![lr.weight, lr.act],
+        }
+    }
+
+    /// The operand written out.
+    pub(crate) fn materialise(&self) -> Result<Tensor> {
+        match self {
+            Operand::Dense(m) => Ok((*m).clone()),
+            Operand::LowRank(lr) => lr.materialise(),
+        }
+    }
+}
+
+/// A full-size operand, `[batch, tokens, width]`, as the product of a weight and an activation of rank `R`.
 #[derive(Debug, Clone, Copy)]
 pub struct LowRank<'a> {
     /// Channel: `m[b, t, :] = act[b, t, :]·weightᵀ`, weight `[width, R]`, act `[batch, tokens, R]`
@@ -45,7 +85,12 @@ impl LowRank<'_> {
     /// `m` written out (candle's matmul): where a device's kernel does not take the shapes.
     pub(crate) fn materialise(&self) -> Result<Tensor> {
         match self.axis {
-            Mixer::Channel => self.act.broadcast_matmul(&self.weight.t()?),
+            // One GEMM over all the batch's tokens.
+            Mixer::Channel => {
+                let (batch, tokens, rank) = self.act.dims3()?;
+                let rows = self.act.reshape((batch * tokens, rank))?.matmul(&self.weight.t()?)?;
+                rows.reshape((batch, tokens, ()))
+            }
             Mixer::Token => self.weight.broadcast_matmul(self.act),
         }
     }

@@ -55,9 +55,9 @@ pub(crate) use cuda::prepare as prepare_cuda;
 pub use grad_sink::GradSink;
 pub use heads::{merge_heads, split_heads};
 pub use layer_norm::layer_norm;
-pub use low_rank::LowRank;
+pub use low_rank::{LowRank, Operand};
 pub use norm_pool::layer_norm_pool;
-pub use residual::{Terms, Update, bias_residual, residual};
+pub use residual::{Terms, bias_residual, residual};
 pub use side::{LowRankMix, SideBlock, side_network};
 pub use softmax::softmax;
 

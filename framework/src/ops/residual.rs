@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Storag
 use rayon::prelude::*;
 
 use super::cpu::{Elem, slice};
-use super::low_rank::{LowRank, RowsOf};
+use super::low_rank::{LowRank, Operand, RowsOf};
 use crate::recipe::Mixer;
 
 const NAME: &str = "residual";
@@ -20,7 +20,7 @@ const NAME: &str = "residual";
 /// backward: an input that needs a gradient is an error, not a silent zero.
 pub fn residual<'a>(
     a: &Tensor,
-    m: impl Into<Update<'a>>,
+    m: impl Into<Operand<'a>>,
     terms: Terms<'_>,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
@@ -31,37 +31,6 @@ pub fn residual<'a>(
     }
     let (storage, shape) = residual_storage(a, m, terms, bias)?;
     Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
-}
-
-/// What a [`residual`] adds: a full tensor, or a low-rank product that its kernel computes where it
-/// adds it (never written out; see low_rank.rs).
-#[derive(Debug, Clone, Copy)]
-pub enum Update<'a> {
-    /// A tensor of the residual's shape.
-    Dense(&'a Tensor),
-    /// A product that fits it.
-    LowRank(LowRank<'a>),
-}
-
-impl<'a> From<&'a Tensor> for Update<'a> {
-    fn from(m: &'a Tensor) -> Self {
-        Update::Dense(m)
-    }
-}
-
-impl<'a> From<LowRank<'a>> for Update<'a> {
-    fn from(m: LowRank<'a>) -> Self {
-        Update::LowRank(m)
-    }
-}
-
-impl Update<'_> {
-    fn tensors(&self) -> Vec<&Tensor> {
-        match self {
-            Update::Dense(m) => vec![m],
-            Update::LowRank(lr) => vec![lr.weight, lr.act],
-        }
-    }
 }
 
 /// The optional full-size terms of a [`residual`]: one subtracted, one added (LoSA's side network
@@ -77,23 +46,23 @@ pub struct Terms<'a> {
 /// [`residual`]'s kernel: the output storage and its shape, on the inputs' device.
 pub(crate) fn residual_storage(
     a: &Tensor,
-    m: Update<'_>,
+    m: Operand<'_>,
     terms: Terms<'_>,
     bias: Option<&Tensor>,
 ) -> Result<(Storage, Shape)> {
     let Terms { minus, plus } = terms;
     let d = a.dim(D::Minus1)?;
     for t in [minus, plus].into_iter().flatten().chain(match m {
-        Update::Dense(m) => Some(m),
-        Update::LowRank(_) => None,
+        Operand::Dense(m) => Some(m),
+        Operand::LowRank(_) => None,
     }) {
         if t.dims() != a.dims() {
             bail!("{NAME}: shapes {:?} and {:?} differ", a.dims(), t.dims());
         }
     }
     let low_rank = match m {
-        Update::LowRank(lr) => Some((lr, lr.dims(a.dims())?)),
-        Update::Dense(_) => None,
+        Operand::LowRank(lr) => Some((lr, lr.dims(a.dims())?)),
+        Operand::Dense(_) => None,
     };
     if let Some(bias) = bias
         && bias.dims() != [d]
@@ -110,8 +79,8 @@ pub(crate) fn residual_storage(
     };
     // m itself, or the low-rank weight then its activation.
     let (m, act) = match (&dense, m) {
-        (Some(m), _) | (None, Update::Dense(m)) => (m.contiguous()?, None),
-        (None, Update::LowRank(lr)) => (lr.weight.contiguous()?, Some(lr.act.contiguous()?)),
+        (Some(m), _) | (None, Operand::Dense(m)) => (m.contiguous()?, None),
+        (None, Operand::LowRank(lr)) => (lr.weight.contiguous()?, Some(lr.act.contiguous()?)),
     };
     let contiguous = |t: Option<&Tensor>| t.map(Tensor::contiguous).transpose();
     let a = a.contiguous()?;

@@ -261,10 +261,10 @@ impl SideNetwork {
         let (mix, h, pre, a) = (&self.mixers[k], &self.inputs[k], &self.pres[k], &self.acts[k]);
         let (batch, tokens, width) = dm.dims3()?;
         let rank = mix.down.dim(0)?;
-        // The gradient at the mixer's normed input: for `h_k`, and for the norm's own parameters.
-        let need_dx = input || (params && mix.norm.is_some());
         let mut grads = Vec::new();
-        let dx = match mix.axis {
+        // dpre: the gradient at the pre-activation, [batch, tokens, rank] (channel) or [batch,
+        // rank, width] (token).
+        let dpre = match mix.axis {
             // m = a·Wuᵀ over rows r = (batch, token): dWu = dmᵀ·a, da = dm·Wu, dWd = dpreᵀ·x,
             // dx = dpre·Wd, as [rows, ·] matrices.
             Mixer::Channel => {
@@ -281,7 +281,7 @@ impl SideNetwork {
                     let d_up = dm2.t()?.matmul(&a.reshape((rows, rank))?)?;
                     grads.extend([d_down, sum_along(&dpre, rank, 1)?, d_up]);
                 }
-                need_dx.then(|| dpre.matmul(&mix.down)?.reshape((batch, tokens, width))).transpose()?
+                dpre.reshape((batch, tokens, rank))?
             }
             // m = Wu·a per image: dWu = Σ dm·aᵀ, da = Wuᵀ·dm, dWd = Σ dpre·xᵀ, dx = Wdᵀ·dpre.
             Mixer::Token => {
@@ -297,28 +297,32 @@ impl SideNetwork {
                     let d_up = per_image(dm.matmul(&a.transpose(1, 2)?)?)?.reshape((tokens, rank))?;
                     grads.extend([d_down, sum_along(&dpre, rank, width)?, d_up]);
                 }
-                need_dx.then(|| mix.down.t()?.broadcast_matmul(&dpre)).transpose()?
+                dpre
             }
         };
         if params && mix.up_bias.is_some() {
             grads.push(sum_along(dm, width, 1)?);
         }
-        let (Some(dx), Some((w, _))) = (&dx, &mix.norm) else {
-            return Ok((grads, if input { dx.map(|dx| dm + dx).transpose()? } else { None }));
+        // The gradient at the mixer's normed input, dpre·Wd or Wdᵀ·dpre: a low-rank product that
+        // the kernels below compute where they read it, for `h_k` and for the norm's parameters.
+        let down_t = mix.down.t()?;
+        let dx = LowRank { axis: mix.axis, weight: &down_t, act: &dpre };
+        let Some((w, _)) = &mix.norm else {
+            // h_{k+1} = h_k + Up(..): dh_k = dm + dx, one residual.
+            return Ok((grads, input.then(|| residual(dm, dx, Terms::default(), None)).transpose()?));
         };
         // The norm's gradients: for its input (plus the residual's `dm`), its parameters, or both
-        // (in one pass on CUDA).
+        // (in one pass on CUDA, reading dx as its product).
         let dh = match (params, input) {
-            (false, _) => {
-                return Ok((grads, input.then(|| layer_norm_dx(h, w, dx, Some(dm), self.eps)).transpose()?));
-            }
+            (false, false) => None,
+            (false, true) => Some(layer_norm_dx(h, w, &dx.materialise()?, Some(dm), self.eps)?),
             (true, false) => {
-                let (dw, db) = layer_norm_dparams(h, dx, self.eps)?;
+                let (dw, db) = layer_norm_dparams(h, &dx.materialise()?, self.eps)?;
                 grads.splice(0..0, [dw, db]);
                 None
             }
             (true, true) => {
-                let (dh, dw, db) = layer_norm_grads(h, w, dx, Some(dm), self.eps)?;
+                let (dh, dw, db) = layer_norm_grads(h, w, dx.into(), Some(dm), self.eps)?;
                 grads.splice(0..0, [dw, db]);
                 Some(dh)
             }

@@ -430,3 +430,49 @@ fn layer_norm_dx_adds_a_tensor_in_the_same_pass() {
     let err = super::layer_norm::layer_norm_dx(&x, &w, &g, Some(&wrong), 1e-6).unwrap_err().to_string();
     assert!(err.contains("does not match"), "{err}");
 }
+
+/// The norm's gradients for a low-rank output gradient (LoSA's `dpre·Wd` and `Wdᵀ·dpre`, the weight
+/// passed transposed as ops/side.rs passes it) are those of the product written out, in every
+/// dtype; a product that does not fit the input is refused.
+#[test]
+fn layer_norm_grads_read_a_low_rank_gradient_as_its_product() {
+    use super::layer_norm::layer_norm_grads;
+    use super::{LowRank, Operand};
+    use crate::recipe::Mixer;
+    let (x, w, _) = ln_inputs();
+    let (batch, tokens, width) = x.dims3().unwrap();
+    let (rank, add) = (3, normal(x.dims(), 1.0, 24));
+    let cases = [
+        (Mixer::Channel, normal(&[rank, width], 0.5, 25), normal(&[batch, tokens, rank], 1.0, 26)),
+        (Mixer::Token, normal(&[rank, tokens], 0.5, 27), normal(&[batch, rank, width], 1.0, 28)),
+    ];
+    for (axis, down, dpre) in &cases {
+        for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+            let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let (x, w, add, down, dpre) = (c(&x), c(&w), c(&add), c(down), c(dpre));
+            let down_t = down.t().unwrap();
+            let lr = LowRank { axis: *axis, weight: &down_t, act: &dpre };
+            let dense = match axis {
+                Mixer::Channel => dpre.broadcast_matmul(&down),
+                Mixer::Token => down_t.broadcast_matmul(&dpre),
+            }
+            .unwrap();
+            let reference = layer_norm_grads(&x, &w, Operand::Dense(&dense), Some(&add), 1e-6).unwrap();
+            let out = layer_norm_grads(&x, &w, lr.into(), Some(&add), 1e-6).unwrap();
+            for (name, (o, r)) in ["dx", "dw", "db"].iter().zip([
+                (&out.0, &reference.0),
+                (&out.1, &reference.1),
+                (&out.2, &reference.2),
+            ]) {
+                let (tol, floor) = tolerance(dtype);
+                let err = max_rel_err(o, r, floor);
+                assert!(err <= tol, "{axis:?} {dtype:?} {name}: {err:e}");
+            }
+        }
+    }
+    let (down, dpre) = (normal(&[rank, width], 0.5, 25), normal(&[batch, tokens + 1, rank], 1.0, 26));
+    let down_t = down.t().unwrap();
+    let lr = LowRank { axis: Mixer::Channel, weight: &down_t, act: &dpre };
+    let err = layer_norm_grads(&x, &w, lr.into(), None, 1e-6).unwrap_err().to_string();
+    assert!(err.contains("does not fit"), "{err}");
+}
