@@ -28,6 +28,14 @@ enum Op {
     /// The same with `m` a mixer's low-rank up-projection of this rank, never written out;
     /// unfused: candle's matmul writes it, then the residual above adds it.
     LowRank(Mixer, usize),
+    /// A channel mixer's `LN(h)·Wdᵀ` to this rank (no backward); unfused: the norm writes `LN(h)`
+    /// and candle's matmul reads it.
+    NormDown(usize),
+    /// The LayerNorm's gradients (input, plus an added tensor; scale; shift) for a mixer's
+    /// low-rank gradient at its normed input (`dpre·Wd` or `Wdᵀ·dpre`) of this rank, read in place;
+    /// unfused: the product written out by candle's matmul first. Output: dx, dw and db
+    /// concatenated (one copy on both sides).
+    NormGrads(Mixer, usize),
     /// One LoSA side block (`ops::side_network` of one block), a channel then a token mixer of this
     /// rank.
     Side(usize),
@@ -54,6 +62,8 @@ impl Op {
             Op::BiasGelu(dim) => format!("bias_gelu(dim {dim})"),
             Op::Residual => "residual".into(),
             Op::LowRank(axis, rank) => format!("residual(low-rank {axis:?}, rank {rank})"),
+            Op::NormDown(rank) => format!("layer_norm_down(rank {rank})"),
+            Op::NormGrads(axis, rank) => format!("layer_norm_grads(low-rank {axis:?}, rank {rank})"),
             Op::Side(rank) => format!("side_network(1 block, rank {rank})"),
             Op::Softmax => "softmax".into(),
             Op::SplitHeads(heads) => format!("split_heads({heads} heads)"),
@@ -98,6 +108,26 @@ impl Op {
                     seeded_normal(d, 0.5, 4, &cpu)?,
                 ]
             }
+            Op::NormDown(rank) => vec![
+                x,
+                (seeded_normal(d, 0.2, 2, &cpu)? + 1.0)?,
+                seeded_normal(d, 0.2, 3, &cpu)?,
+                seeded_normal(&[rank, d], (d as f64).powf(-0.5), 4, &cpu)?,
+            ],
+            Op::NormGrads(axis, rank) => {
+                let (b, n) = (shape[0], shape[1]);
+                let (size, dpre) = match axis {
+                    Mixer::Channel => (d, vec![b, n, rank]),
+                    Mixer::Token => (n, vec![b, rank, d]),
+                };
+                vec![
+                    x,
+                    (seeded_normal(d, 0.2, 2, &cpu)? + 1.0)?,
+                    seeded_normal(&[rank, size], (size as f64).powf(-0.5), 4, &cpu)?,
+                    seeded_normal(dpre, 1.0, 6, &cpu)?,
+                    seeded_normal(shape, 1.0, 3, &cpu)?,
+                ]
+            }
             Op::Softmax => vec![(x * 4.0)?],
             Op::SplitHeads(_) => vec![x, seeded_normal(d, 0.5, 2, &cpu)?],
             Op::MergeHeads => vec![x],
@@ -134,6 +164,8 @@ impl Op {
             }
             Op::MergeHeads => vec![shape[0], shape[2], shape[1] * shape[3]],
             Op::NormPool(..) => vec![shape[0], shape[2]],
+            Op::NormDown(rank) => vec![shape[0], shape[1], rank],
+            Op::NormGrads(..) => vec![shape.iter().product::<usize>() + 2 * shape[2]],
             _ => shape.to_vec(),
         }
     }
@@ -141,7 +173,7 @@ impl Op {
     /// How many leading inputs get a gradient.
     fn trainable(self, inputs: usize) -> usize {
         match self {
-            Op::Residual | Op::LowRank(..) => 0,
+            Op::Residual | Op::LowRank(..) | Op::NormDown(_) | Op::NormGrads(..) => 0,
             Op::Side(_) => inputs - 1,
             Op::NormPool(..) => 1,
             _ => inputs,
@@ -153,7 +185,7 @@ impl Op {
         let grads: Vec<&str> = match self {
             Op::LayerNorm => vec!["dx", "dweight", "dbias"],
             Op::BiasGelu(_) => vec!["dx", "dbias"],
-            Op::Residual | Op::LowRank(..) => vec![],
+            Op::Residual | Op::LowRank(..) | Op::NormDown(_) | Op::NormGrads(..) => vec![],
             Op::Softmax => vec!["dx"],
             Op::SplitHeads(_) => vec!["dx", "dbias"],
             Op::MergeHeads | Op::NormPool(..) => vec!["dx"],
@@ -203,6 +235,12 @@ impl Op {
                     Some(&t[5]),
                 )
             }
+            Op::NormDown(_) => ops::layer_norm_down(&t[0], &t[1], &t[2], &t[3], 1e-6),
+            Op::NormGrads(axis, _) => {
+                let down_t = t[2].t()?;
+                let dx = ops::LowRank { axis, weight: &down_t, act: &t[3] };
+                Self::norm_grads(&t[0], &t[1], dx.into(), &t[4])
+            }
             Op::Side(_) => {
                 let last = t.len() - 1;
                 let block = ops::SideBlock { features: t[last].clone(), mixers: Self::mixes(&t[1..last]) };
@@ -217,6 +255,12 @@ impl Op {
                 ops::layer_norm_pool(&t[0], &w, &b, 1e-6, first..last)
             }
         }
+    }
+
+    /// `NormGrads`' output: the norm's gradients for `grad` with `add` added, concatenated.
+    fn norm_grads(x: &Tensor, w: &Tensor, grad: ops::Operand<'_>, add: &Tensor) -> Result<Tensor> {
+        let (dx, dw, db) = ops::layer_norm_grads(x, w, grad, Some(add), 1e-6)?;
+        Tensor::cat(&[dx.flatten_all()?, dw.to_dtype(dx.dtype())?, db.to_dtype(dx.dtype())?], 0)
     }
 
     /// A head's parameter for `NormPool`: f32 (f64 in an f64 check), so that the op's kernels
@@ -248,6 +292,14 @@ impl Op {
                     Mixer::Token => t[1].broadcast_matmul(&t[2])?,
                 };
                 ops::residual(&t[0], &m, ops::Terms { minus: Some(&t[3]), plus: Some(&t[4]) }, Some(&t[5]))
+            }
+            Op::NormDown(_) => ops::layer_norm(&t[0], &t[1], &t[2], 1e-6)?.broadcast_matmul(&t[3].t()?),
+            Op::NormGrads(axis, _) => {
+                let dx = match axis {
+                    Mixer::Channel => t[3].broadcast_matmul(&t[2])?,
+                    Mixer::Token => t[2].t()?.broadcast_matmul(&t[3])?,
+                };
+                Self::norm_grads(&t[0], &t[1], (&dx).into(), &t[4])
             }
             Op::Softmax => candle_nn::ops::softmax(&(&t[0] * 0.125)?, D::Minus1),
             Op::SplitHeads(heads) => {
@@ -504,6 +556,19 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::LowRank(Mixer::Channel, 3), vec![7, 5, 3]),
         (Op::LowRank(Mixer::Token, 3), vec![7, 5, 3]),
         (Op::LowRank(Mixer::Channel, 40), vec![2, 5, 768]),
+        // A channel mixer's norm and down-projection on ViT-B/16 and ViT-Ti; small odd widths and
+        // one past the vector path (the element path).
+        (Op::NormDown(8), vec![64, 197, 768]),
+        (Op::NormDown(8), vec![64, 197, 192]),
+        (Op::NormDown(3), vec![3, 7, 10]),
+        (Op::NormDown(4), vec![2, 5, 1288]),
+        // The same for the norm's backward, on the one-pass kernel's shapes (rank 1 included) and
+        // on a width past it (written out there).
+        (Op::NormGrads(Mixer::Channel, 8), vec![64, 197, 768]),
+        (Op::NormGrads(Mixer::Token, 8), vec![64, 197, 768]),
+        (Op::NormGrads(Mixer::Channel, 1), vec![4, 197, 192]),
+        (Op::NormGrads(Mixer::Token, 3), vec![4, 197, 192]),
+        (Op::NormGrads(Mixer::Channel, 3), vec![3, 7, 10]),
         (Op::Side(8), vec![64, 197, 768]),
         (Op::Side(8), vec![64, 197, 192]),
         (Op::Side(3), vec![3, 7, 10]),

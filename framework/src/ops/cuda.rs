@@ -432,8 +432,11 @@ impl LowRankArgs {
 fn low_rank_args<T: Kern>(lr: super::LowRank<'_>, out: &[usize]) -> Result<Option<LowRankArgs>> {
     const OP: &str = "low-rank operand";
     let [_, tokens, d, rank] = lr.dims(out)?;
-    let fits = |t: &candle_core::Tensor| t.dtype() == T::DTYPE && t.elem_count() < 1 << 31;
-    if !fits(lr.weight) || !fits(lr.act) || !lr.act.is_contiguous() || tokens == 0 || d == 0 {
+    let fits = |t: &candle_core::Tensor| {
+        t.dtype() == T::DTYPE && t.elem_count() < 1 << 31 && t.device().same_device(lr.act.device())
+    };
+    let on_device = lr.act.device().is_cuda() && lr.act.is_contiguous();
+    if !on_device || !fits(lr.weight) || !fits(lr.act) || tokens == 0 || d == 0 {
         return Ok(None);
     }
     // The weight's base pointer and strides (rows, columns) in elements.
@@ -446,6 +449,9 @@ fn low_rank_args<T: Kern>(lr: super::LowRank<'_>, out: &[usize]) -> Result<Optio
     };
     let act = raw::<T>(lr.act, OP)?.0;
     let size = std::mem::size_of::<T>();
+    // With rank 1 the stride between ranks is never taken (and candle calls a [W, 1] view of a
+    // [1, W] tensor contiguous, with stride 1): 0, which any alignment allows.
+    let s1 = if rank > 1 { s1 } else { 0 };
     let vector = |ptr: u64, stride: usize| {
         ptr.is_multiple_of(VEC_BYTES as u64) && (stride * size).is_multiple_of(VEC_BYTES)
     };
@@ -715,6 +721,49 @@ fn warp_rows_config(rows: usize) -> Result<LaunchConfig> {
     }
     let blocks = rows.div_ceil(per_block) as u32;
     Ok(LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (BLOCK as u32, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// `LN(x)·downᵀ` per row (ops/norm_down.rs): inputs x `[rows, d]`, the norm's weight and bias
+/// `[d]`, down `[rank, d]`, all contiguous; `[rows, rank]`.
+pub(crate) fn layer_norm_down(
+    inputs: [In; 4],
+    rows: usize,
+    d: usize,
+    rank: usize,
+    eps: f64,
+) -> Result<CudaStorage> {
+    by_dtype!(inputs[0].0.dtype(), ln_down(inputs, rows, d, rank, eps))
+}
+
+fn ln_down<T: Kern>(
+    [x, w, b, down]: [In; 4],
+    rows: usize,
+    d: usize,
+    rank: usize,
+    eps: f64,
+) -> Result<CudaStorage> {
+    let dev = &x.0.device;
+    let (Ok(d_i), Ok(rank_i)) = (i32::try_from(d), i32::try_from(rank)) else {
+        bail!("layer_norm_down: rows of {d} to rank {rank} is too large for one launch");
+    };
+    let [xv, wv, bv, dv] = [x, w, b, down].map(view::<T>);
+    let (xv, wv, bv, dv) = (xv?, wv?, bv?, dv?);
+    // SAFETY: warp r writes all `rank` values of row r (its lane 0), and all rows get a warp.
+    let pre = unsafe { dev.alloc::<T>(rows * rank)? };
+    poison(dev, &pre)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("layer_norm_down"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&xv);
+    args.arg(&wv);
+    args.arg(&bv);
+    args.arg(&dv);
+    args.arg(&pre);
+    builder_arg!(args, rows as i32, d_i, rank_i, eps);
+    // SAFETY: the arguments match `layer_norm_down_<dtype>(const T*, const T*, const T*, const T*,
+    // T*, int, int, int, double)`; x holds rows·d elements, w and b d, down rank·d, pre rows·rank
+    // (`warp_rows_config` refuses rows past the kernels' 32-bit row index).
+    unsafe { args.launch(warp_rows_config(rows)?) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(pre, dev.clone()))
 }
 
 pub(crate) fn softmax_fwd(x: In, scale: f64) -> Result<(CudaStorage, Shape)> {

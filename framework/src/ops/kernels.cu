@@ -239,6 +239,64 @@ __device__ void layer_norm_fwd(const T *x, const T *w, const T *b, T *y, int row
   for (int j = lane; j < d; j += 32) st(&y[j], (ld(x[j]) - mean) * rstd * ld(w[j]) + ld(b[j]));
 }
 
+// v rounded to T and widened back: a value as a tensor of T would hold it.
+template <typename T> __device__ __forceinline__ typename Acc<T>::type rounded(typename Acc<T>::type v) {
+  T t;
+  st(&t, v);
+  return ld(t);
+}
+
+// One warp per row: pre[row, q] = sum_j LN(x)[j] down[q, j] for q < rank, the normed row rounded
+// to T first (as the norm's output tensor would be) and never written: a channel mixer's norm and
+// down-projection in one read of the row (ops/norm_down.rs). On the vector path the normed row
+// stays in the lanes' registers; otherwise each projection re-reads the row.
+template <typename T>
+__device__ void layer_norm_down(const T *x, const T *w, const T *b, const T *down, T *pre, int rows, int d,
+                                int rank, double eps) {
+  typedef typename Acc<T>::type A;
+  constexpr int V = RowVecs<T>::V;
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  x += (size_t)row * d;
+  pre += (size_t)row * rank;
+  A mean, rstd;
+  if (row_vectors<T>(d) && aligned(x) && aligned(w) && aligned(b) && aligned(down)) {
+    const int nv = d / V;
+    RowVecs<T> r;
+    load_row(x, nv, lane, r);
+    vec_row_stats(r, nv, d, eps, lane, &mean, &rstd);
+#pragma unroll
+    for (int k = 0; k < RowVecs<T>::K; ++k) {
+      if (lane + 32 * k >= nv) continue;
+      const int j = (lane + 32 * k) * V;
+      const auto wv = vload(w + j), bv = vload(b + j);
+#pragma unroll
+      for (int e = 0; e < V; ++e) st(&r.v[k].v[e], (ld(r.v[k].v[e]) - mean) * rstd * ld(wv.v[e]) + ld(bv.v[e]));
+    }
+    for (int q = 0; q < rank; ++q) {
+      A s = 0;
+#pragma unroll
+      for (int k = 0; k < RowVecs<T>::K; ++k) {
+        if (lane + 32 * k >= nv) continue;
+        const auto dv = vload(down + (size_t)q * d + (lane + 32 * k) * V);
+#pragma unroll
+        for (int e = 0; e < V; ++e) s += ld(r.v[k].v[e]) * ld(dv.v[e]);
+      }
+      s = warp_sum(s);
+      if (lane == 0) st(&pre[q], s);
+    }
+    return;
+  }
+  warp_row_stats(x, d, eps, lane, &mean, &rstd);
+  for (int q = 0; q < rank; ++q) {
+    A s = 0;
+    for (int j = lane; j < d; j += 32)
+      s += rounded<T>((ld(x[j]) - mean) * rstd * ld(w[j]) + ld(b[j])) * ld(down[(size_t)q * d + j]);
+    s = warp_sum(s);
+    if (lane == 0) st(&pre[q], s);
+  }
+}
+
 // One warp per row: dx = rstd * (g w - mean(g w) - xhat * mean(g w xhat)) (+ add, when has_add).
 template <typename T>
 __device__ void layer_norm_bwd_x(const T *x, const T *w, const T *g, const T *add, T *dx, int rows, int d,
@@ -376,16 +434,15 @@ __device__ __forceinline__ void low_rank_m(typename Acc<T>::type (&m)[K], const 
   const uint32_t b = fdivmod(row, lr.tokens, &t);
   const T *p = lr.p + (uint64_t)b * lr.pb + (uint64_t)t * lr.pt;
   const T *q = lr.q + (uint64_t)b * lr.qb + j;
-  for (int r = 0; r < lr.rank; ++r) {
-    const A pr = ld(p[(uint64_t)r * lr.pr]);
-    const T *qr = q + (uint64_t)r * lr.qr;
+  for (int r = 0; r < lr.rank; ++r, p += lr.pr, q += lr.qr) {
+    const A pr = ld(*p);
     if constexpr (K == VecOf<T>::n) {
-      const auto qv = vload(qr);
+      const auto qv = vload(q);
 #pragma unroll
       for (int k = 0; k < K; ++k) m[k] += pr * ld(qv.v[k]);
     } else {
 #pragma unroll
-      for (int k = 0; k < K; ++k) m[k] += pr * ld(qr[k]);
+      for (int k = 0; k < K; ++k) m[k] += pr * ld(q[k]);
     }
   }
 }
@@ -1052,6 +1109,10 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                               FastDiv d, int has_minus, int has_plus,              \
                                               int has_bias) {                                      \
     residual_fwd<T>(a, m, minus, plus, bias, out, n, d, has_minus, has_plus, has_bias);            \
+  }                                                                                                \
+  extern "C" __global__ void layer_norm_down_##S(const T *x, const T *w, const T *b, const T *down, \
+                                                 T *pre, int rows, int d, int rank, double eps) {  \
+    layer_norm_down<T>(x, w, b, down, pre, rows, d, rank, eps);                                    \
   }                                                                                                \
   extern "C" __global__ void low_rank_residual_##S(const T *a, const T *w, const T *act,            \
                                                    const T *minus, const T *plus, const T *bias,   \

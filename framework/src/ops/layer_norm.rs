@@ -147,12 +147,14 @@ pub(crate) fn layer_norm_dparams(x: &Tensor, grad: &Tensor, eps: f64) -> Result<
     Ok((sums.get(0)?, sums.get(1)?))
 }
 
-/// [`layer_norm_dx`] and [`layer_norm_dparams`] together, `(dx, dw, db)`: on CUDA, for rows its
-/// vector path takes (a ViT's), in one pass over `x` and `grad` where the two take two and a
-/// launch more. `grad` may be a low-rank product (LoSA's gradient at a mixer's normed input),
-/// which that kernel computes row by row instead of reading it; elsewhere it is written out
-/// first (its elements rounded to the dtype, as the kernel rounds them).
-pub(crate) fn layer_norm_grads(
+/// The LayerNorm's gradients at `x` for the output gradient `grad`, with no graph: the input's
+/// (plus `add`, shaped like `x`, if given) and the scale's and shift's, `(dx, dw, db)`, the last
+/// two in the accumulation dtype (f32, or f64 for f64). On CUDA, for rows its vector path takes
+/// (a ViT's), one pass over `x` and `grad` where the input's and the parameters' gradients apart
+/// take two and a launch more. `grad` may be a low-rank product (LoSA's gradient at a mixer's
+/// normed input), which that kernel computes row by row instead of reading it; elsewhere it is
+/// written out first (its elements rounded to the dtype, as the kernel rounds them).
+pub fn layer_norm_grads(
     x: &Tensor,
     weight: &Tensor,
     grad: Operand<'_>,
@@ -163,10 +165,16 @@ pub(crate) fn layer_norm_grads(
         lr.dims(x.dims())?;
     }
     #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        let fits = add.is_none_or(|a| a.dims() == x.dims());
-        let fused = fits.then(|| super::cuda::layer_norm_grads(x, weight, grad, add, eps)).transpose()?;
-        if let Some((dx, sums)) = fused.flatten() {
+    if x.device().is_cuda() && add.is_none_or(|a| a.dims() == x.dims()) {
+        // A product the kernel cannot read in place is written out, for the same one-pass kernel.
+        let mut fused = super::cuda::layer_norm_grads(x, weight, grad, add, eps)?;
+        if fused.is_none()
+            && let Operand::LowRank(lr) = grad
+        {
+            let dense = lr.materialise()?.contiguous()?;
+            fused = super::cuda::layer_norm_grads(x, weight, Operand::Dense(&dense), add, eps)?;
+        }
+        if let Some((dx, sums)) = fused {
             return Ok((dx, sums.get(0)?, sums.get(1)?));
         }
     }

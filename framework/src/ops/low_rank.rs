@@ -76,7 +76,7 @@ impl LowRank<'_> {
         match (fits, out, w) {
             (true, &[b, t, d], &[_, r]) => Ok([b, t, d, r]),
             _ => bail!(
-                "residual: a {:?} low-rank update of weight {w:?} and activation {a:?} does not fit {out:?}",
+                "low-rank operand: a {:?} product of weight {w:?} and activation {a:?} does not fit {out:?}",
                 self.axis
             ),
         }

@@ -13,7 +13,8 @@
 //! computed where it is added: low_rank.rs), and `side_network`, LoSA's side network as
 //! a single op with a hand-written backward (see side.rs), which hands its parameters' gradients over
 //! through a `GradSink` (grad_sink.rs); `adamw_update`, the optimiser's step for
-//! many parameters, in place; `cast_all`, many small tensors cast at once; `layer_norm_pool`, a
+//! many parameters, in place; `layer_norm_down`, a channel mixer's norm and down-projection in
+//! one read of each row (norm_down.rs, inside the side network); `cast_all`, many small tensors cast at once; `layer_norm_pool`, a
 //! head's norm and pooling of a token sequence (norm_pool.rs); and, inside the
 //! backward passes, one-pass column sums for bias gradients (column_sums.rs).
 //!
@@ -36,6 +37,7 @@ mod grad_sink;
 mod heads;
 mod layer_norm;
 mod low_rank;
+mod norm_down;
 mod norm_pool;
 #[cfg(test)]
 mod norm_pool_tests;
@@ -54,8 +56,9 @@ pub use cast::cast_all;
 pub(crate) use cuda::prepare as prepare_cuda;
 pub use grad_sink::GradSink;
 pub use heads::{merge_heads, split_heads};
-pub use layer_norm::layer_norm;
+pub use layer_norm::{layer_norm, layer_norm_grads};
 pub use low_rank::{LowRank, Operand};
+pub use norm_down::layer_norm_down;
 pub use norm_pool::layer_norm_pool;
 pub use residual::{Terms, bias_residual, residual};
 pub use side::{LowRankMix, SideBlock, side_network};

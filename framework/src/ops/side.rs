@@ -29,6 +29,7 @@ use super::GradSink;
 use super::LowRank;
 use super::bias_gelu::bias_gelu_dx;
 use super::layer_norm::{layer_norm_dparams, layer_norm_dx, layer_norm_grads};
+use super::norm_down::layer_norm_down;
 use super::residual::{Terms, residual, residual_storage};
 use super::{bias_gelu, cast_all, layer_norm, sum_along};
 use crate::recipe::Mixer;
@@ -90,12 +91,14 @@ impl LowRankMix {
         }
     }
 
-    /// `Down(x)` before its bias: `x·Wdᵀ` [batch, tokens, rank] (a linear layer: one GEMM over all
-    /// the batch's tokens) or `Wd·x` [batch, rank, width].
-    fn down(&self, x: &Tensor) -> Result<Tensor> {
-        match self.axis {
-            Mixer::Channel => Linear { weight: self.down.clone(), bias: None }.forward(x),
-            Mixer::Token => self.down.broadcast_matmul(x),
+    /// `Down(LN(h))` before its bias: `x·Wdᵀ` [batch, tokens, rank] (with a norm, one op that
+    /// never writes the normed `x`; without, a linear layer: one GEMM over all the batch's tokens)
+    /// or `Wd·x` [batch, rank, width].
+    fn down(&self, h: &Tensor, eps: f64) -> Result<Tensor> {
+        match (self.axis, &self.norm) {
+            (Mixer::Channel, Some((w, b))) => layer_norm_down(h, w, b, &self.down, eps),
+            (Mixer::Channel, None) => Linear { weight: self.down.clone(), bias: None }.forward(h),
+            (Mixer::Token, _) => self.down.broadcast_matmul(&self.normed(h, eps)?),
         }
     }
 
@@ -183,7 +186,7 @@ pub fn side_network(y: &Tensor, blocks: &[SideBlock], eps: f64, sink: &GradSink)
     for (i, block) in blocks.iter().enumerate() {
         for k in 0..block.mixers.len() {
             let Some(mix) = chain.next() else { bail!("side_network: mixers lost") };
-            let pre = mix.down(&mix.normed(&h, eps)?)?;
+            let pre = mix.down(&h, eps)?;
             let a = mix.activation(&pre)?;
             let bias = mix.up_bias.as_ref();
             let next = if k + 1 < block.mixers.len() {

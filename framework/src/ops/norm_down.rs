@@ -1,0 +1,122 @@
+//! A channel mixer's first step, `LN(h)·Wdᵀ`: each row's LayerNorm projected to the mixer's rank,
+//! as one op with no graph (LoSA's side network, ops/side.rs, computes its own backward).
+//!
+//! Composed, the norm writes a full-size normed copy of the `[batch, tokens, width]` stream and a
+//! GEMM reads it back to make a `[batch, tokens, rank]` result: two full-size passes and a launch
+//! per channel mixer. Here each row is read once and `rank` values are written. The normed row is
+//! rounded to the stream's dtype before the projection, as the norm's output tensor was, and the
+//! projection sums in f32 (f64 for f64), as the GEMM does.
+
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+use super::cpu::{Acc, Elem, slice};
+use super::layer_norm::{layer_norm, stats};
+
+const NAME: &str = "layer_norm_down";
+
+/// `LN(h)·downᵀ` for `h` `[batch, tokens, d]`, the norm's `weight` and `bias` `[d]`, `down`
+/// `[rank, d]`, all of one dtype: `[batch, tokens, rank]`, with no graph (an input that needs a
+/// gradient is an error).
+pub fn layer_norm_down(
+    h: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    down: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (batch, tokens, d) = h.dims3()?;
+    let rank = down.dim(0)?;
+    if d == 0 || weight.dims() != [d] || bias.dims() != [d] || down.dims() != [rank, d] {
+        bail!(
+            "{NAME}: weight {:?}, bias {:?} and down {:?} do not fit rows of {d}",
+            weight.dims(),
+            bias.dims(),
+            down.dims()
+        );
+    }
+    if [weight, bias, down].iter().any(|t| t.dtype() != h.dtype()) {
+        bail!("{NAME}: inputs of different dtypes");
+    }
+    if [h, weight, bias, down].iter().any(|t| t.track_op()) {
+        bail!("{NAME}: has no backward, but an input needs a gradient");
+    }
+    let [h, weight, bias, down] = [h, weight, bias, down].map(Tensor::contiguous);
+    let (h, weight, bias, down) = (h?, weight?, bias?, down?);
+    let rows = batch * tokens;
+    let shape = (batch, tokens, rank);
+    if rows == 0 || rank == 0 {
+        return Tensor::zeros(shape, h.dtype(), h.device());
+    }
+    let storages = [&h, &weight, &bias, &down].map(Tensor::storage_and_layout);
+    let [(sh, lh), (sw, lw), (sb, lb), (sd, ld)] = &storages;
+    let storage = match (&**sh, &**sw, &**sb, &**sd) {
+        (Storage::Cpu(sh), Storage::Cpu(sw), Storage::Cpu(sb), Storage::Cpu(sd)) => {
+            let inputs = [(sh, *lh), (sw, *lw), (sb, *lb), (sd, *ld)];
+            Storage::Cpu(cpu(inputs, d, rank, eps)?)
+        }
+        #[cfg(feature = "cuda")]
+        (Storage::Cuda(sh), Storage::Cuda(sw), Storage::Cuda(sb), Storage::Cuda(sd)) => {
+            let inputs = [(sh, *lh), (sw, *lw), (sb, *lb), (sd, *ld)];
+            Storage::Cuda(super::cuda::layer_norm_down(inputs, rows, d, rank, eps)?)
+        }
+        // A device without the kernel composes it.
+        _ => {
+            drop(storages);
+            let normed = layer_norm(&h, &weight, &bias, eps)?.reshape((rows, d))?;
+            return normed.matmul(&down.t()?)?.reshape(shape);
+        }
+    };
+    Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
+}
+
+type In<'a> = (&'a CpuStorage, &'a Layout);
+
+fn cpu(inputs: [In; 4], d: usize, rank: usize, eps: f64) -> Result<CpuStorage> {
+    match candle_core::backend::BackendStorage::dtype(inputs[0].0) {
+        DType::F32 => fwd_cpu::<f32>(inputs, d, rank, eps),
+        DType::F64 => fwd_cpu::<f64>(inputs, d, rank, eps),
+        DType::F16 => fwd_cpu::<half::f16>(inputs, d, rank, eps),
+        DType::BF16 => fwd_cpu::<half::bf16>(inputs, d, rank, eps),
+        other => bail!("{NAME}: no kernel for {other:?}"),
+    }
+}
+
+fn fwd_cpu<T: Elem>(inputs: [In; 4], d: usize, rank: usize, eps: f64) -> Result<CpuStorage> {
+    let get = |(s, l): In| -> Result<Vec<T::A>> {
+        Ok(slice(s.as_slice::<T>()?, l, NAME)?.iter().map(|v| v.load()).collect())
+    };
+    let (s, l) = inputs[0];
+    let h = slice(s.as_slice::<T>()?, l, NAME)?;
+    let (w, b, down) = (get(inputs[1])?, get(inputs[2])?, get(inputs[3])?);
+    let zero = T::A::ZERO;
+    let mut pre = vec![T::store(zero); h.len() / d * rank];
+    pre.par_chunks_mut(rank).zip(h.par_chunks(d)).with_min_len(8).for_each_init(
+        || vec![zero; d],
+        |x, (pre, h)| {
+            let (mean, rstd) = stats(h, eps);
+            // The normed row, rounded to T as the norm's output tensor holds it.
+            for (((x, h), &w), &b) in x.iter_mut().zip(h).zip(&w).zip(&b) {
+                *x = T::store((h.load() - mean) * rstd * w + b).load();
+            }
+            for (pre, down) in pre.iter_mut().zip(down.chunks(d)) {
+                *pre = T::store(dot(x, down));
+            }
+        },
+    );
+    Ok(T::to_cpu_storage_owned(pre))
+}
+
+/// `Σ a·b` in eight interleaved partial sums, so that the loop vectorises.
+fn dot<A: Acc>(a: &[A], b: &[A]) -> A {
+    let mut acc = [A::ZERO; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: A = ca.remainder().iter().zip(cb.remainder()).fold(A::ZERO, |s, (&x, &y)| s + x * y);
+    for (a, b) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
+}
