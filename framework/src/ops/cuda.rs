@@ -436,7 +436,7 @@ fn low_rank_args<T: Kern>(lr: super::LowRank<'_>, out: &[usize]) -> Result<Optio
         t.dtype() == T::DTYPE && t.elem_count() < 1 << 31 && t.device().same_device(lr.act.device())
     };
     let on_device = lr.act.device().is_cuda() && lr.act.is_contiguous();
-    if !on_device || !fits(lr.weight) || !fits(lr.act) || tokens == 0 || d == 0 {
+    if !on_device || !fits(lr.weight) || !fits(lr.act) || tokens == 0 || d == 0 || rank > IN_PLACE_RANK {
         return Ok(None);
     }
     // The weight's base pointer and strides (rows, columns) in elements.
@@ -634,11 +634,17 @@ fn res_fwd<T: Kern>(a: In, m: In, terms: [Option<In>; 3], d: usize) -> Result<Cu
 /// residual is staged there.
 const SHARED_BYTES: usize = 48 * 1024;
 
+/// The largest rank whose products the kernels compute where they read them: each element costs
+/// a multiply-add per rank on the ordinary cores, which past this loses to writing the product
+/// out with a tensor-core GEMM.
+const IN_PLACE_RANK: usize = 16;
+
 /// Whether [`low_rank_residual`] takes a product of `[batch, tokens, width, rank]` in `dtype`: a
-/// 32-bit element index, and a channel weight that fits one block's shared memory (rank 16 at
-/// ViT-B's width in bf16; wider products are written out and added by [`residual`]).
+/// 32-bit element index, rank at most [`IN_PLACE_RANK`], and a channel weight that fits one
+/// block's shared memory (rank 16 at ViT-B's width in bf16); other products are written out and
+/// added by [`residual`].
 pub(crate) fn low_rank_fits(axis: Mixer, [b, t, d, r]: [usize; 4], dtype: DType) -> bool {
-    let small = b.saturating_mul(t).saturating_mul(d) < 1 << 31 && r < 1 << 20;
+    let small = b.saturating_mul(t).saturating_mul(d) < 1 << 31 && r <= IN_PLACE_RANK;
     small && (axis == Mixer::Token || r * d * dtype.size_in_bytes() <= SHARED_BYTES)
 }
 
@@ -679,8 +685,8 @@ fn lr_res<T: Kern>(
         let channel = axis == Mixer::Channel;
         let mut config = vec_config::<T>(n);
         if channel {
-            // Each block stages the weight once: no more blocks than can be resident (4 per SM at
-            // the kernel's 64 registers a thread).
+            // Each block stages the weight once: no more blocks than can be resident (4 per SM,
+            // the kernel's launch bounds).
             let resident = 4 * multiprocessors(dev)?;
             config.grid_dim.0 = config.grid_dim.0.min(resident as u32);
             config.shared_mem_bytes = (rank * d * std::mem::size_of::<T>()) as u32;

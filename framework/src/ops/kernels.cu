@@ -673,11 +673,10 @@ __device__ void low_rank_residual(const T *a, const T *w, const T *act, const T 
   T *ws = reinterpret_cast<T *>(raw);
   const uint32_t W = width.d;
   if (channel) {
-    // w is [W, rank]: element i is (j, r) = (i / rank, i % rank).
-    for (uint32_t i = threadIdx.x; i < (uint32_t)rank * W; i += blockDim.x) {
-      const uint32_t j = i / rank, r = i - j * rank;
-      ws[r * W + j] = w[i];
-    }
+    // w is [W, rank]: a thread per column j, its rank values in order (consecutive threads store
+    // consecutive elements of each row of ws: no bank conflicts, and no division).
+    for (uint32_t j = threadIdx.x; j < W; j += blockDim.x)
+      for (int r = 0; r < rank; ++r) ws[(uint32_t)r * W + j] = w[j * rank + r];
     __syncthreads();
   }
   const uint32_t R = rank;
@@ -688,13 +687,14 @@ __device__ void low_rank_residual(const T *a, const T *w, const T *act, const T 
       (!has_plus || aligned(plus)) && (!has_bias || aligned(bias))) {
     for (uint32_t v = first; v < n / V; v += stride) {
       const uint32_t i = v * V, row = fdiv(i, width), j = i - row * W;
-      A m[V];
-      low_rank_m<T, V>(m, lr, row, j);
+      // The full-size loads first, in flight while the product is summed.
       const auto av = vload(a + i);
       typename VecOf<T>::type ov, sv, pv, bv;
       if (has_minus) sv = vload(minus + i);
       if (has_plus) pv = vload(plus + i);
       if (has_bias) bv = vload(bias + j);
+      A m[V];
+      low_rank_m<T, V>(m, lr, row, j);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         A s = ld(av.v[k]) + m[k];
@@ -1114,7 +1114,8 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                                  T *pre, int rows, int d, int rank, double eps) {  \
     layer_norm_down<T>(x, w, b, down, pre, rows, d, rank, eps);                                    \
   }                                                                                                \
-  extern "C" __global__ void low_rank_residual_##S(const T *a, const T *w, const T *act,            \
+  /* 4 blocks of 256 per SM, as cuda.rs sizes the channel grid (64 registers a thread). */      \
+  extern "C" __global__ void __launch_bounds__(256, 4) low_rank_residual_##S(const T *a, const T *w, const T *act,            \
                                                    const T *minus, const T *plus, const T *bias,   \
                                                    T *out, uint32_t n, FastDiv width,              \
                                                    FastDiv tokens, int rank, int channel,          \
