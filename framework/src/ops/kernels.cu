@@ -206,6 +206,22 @@ __device__ void vec_grad_means(const RowVecs<T> &rx, const RowVecs<T> &rg, const
   *m2 = warp_sum(s2) / A(d);
 }
 
+// The lanes' row (as `load_row` holds it) normalised in place, each value rounded to T:
+// (x - mean) * rstd * w + b.
+template <typename T, typename A>
+__device__ __forceinline__ void vec_normalise(RowVecs<T> &r, const T *w, const T *b, int nv, int lane, A mean,
+                                              A rstd) {
+  constexpr int V = RowVecs<T>::V;
+#pragma unroll
+  for (int k = 0; k < RowVecs<T>::K; ++k) {
+    if (lane + 32 * k >= nv) continue;
+    const int j = (lane + 32 * k) * V;
+    const auto wv = vload(w + j), bv = vload(b + j);
+#pragma unroll
+    for (int e = 0; e < V; ++e) st(&r.v[k].v[e], (ld(r.v[k].v[e]) - mean) * rstd * ld(wv.v[e]) + ld(bv.v[e]));
+  }
+}
+
 // One warp per row (no block barriers: a row of a ViT's width is a few dozen elements per lane,
 // and a block per row spent most of its time waiting at the reductions' barriers):
 // y = (x - mean) / std * w + b. A warp past the last row returns as a whole.
@@ -223,16 +239,10 @@ __device__ void layer_norm_fwd(const T *x, const T *w, const T *b, T *y, int row
     RowVecs<T> r;
     load_row(x, nv, lane, r);
     vec_row_stats(r, nv, d, eps, lane, &mean, &rstd);
+    vec_normalise(r, w, b, nv, lane, mean, rstd);
 #pragma unroll
-    for (int k = 0; k < RowVecs<T>::K; ++k) {
-      const int j = (lane + 32 * k) * V;
-      if (lane + 32 * k >= nv) continue;
-      const auto wv = vload(w + j), bv = vload(b + j);
-      typename VecOf<T>::type o;
-#pragma unroll
-      for (int e = 0; e < V; ++e) st(&o.v[e], (ld(r.v[k].v[e]) - mean) * rstd * ld(wv.v[e]) + ld(bv.v[e]));
-      vstore(y + j, o);
-    }
+    for (int k = 0; k < RowVecs<T>::K; ++k)
+      if (lane + 32 * k < nv) vstore(y + (lane + 32 * k) * V, r.v[k]);
     return;
   }
   warp_row_stats(x, d, eps, lane, &mean, &rstd);
@@ -265,14 +275,7 @@ __device__ void layer_norm_down(const T *x, const T *w, const T *b, const T *dow
     RowVecs<T> r;
     load_row(x, nv, lane, r);
     vec_row_stats(r, nv, d, eps, lane, &mean, &rstd);
-#pragma unroll
-    for (int k = 0; k < RowVecs<T>::K; ++k) {
-      if (lane + 32 * k >= nv) continue;
-      const int j = (lane + 32 * k) * V;
-      const auto wv = vload(w + j), bv = vload(b + j);
-#pragma unroll
-      for (int e = 0; e < V; ++e) st(&r.v[k].v[e], (ld(r.v[k].v[e]) - mean) * rstd * ld(wv.v[e]) + ld(bv.v[e]));
-    }
+    vec_normalise(r, w, b, nv, lane, mean, rstd);
     for (int q = 0; q < rank; ++q) {
       A s = 0;
 #pragma unroll
