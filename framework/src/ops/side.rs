@@ -9,7 +9,11 @@
 //! `[batch, tokens, width]` tensors written and read again per block for bookkeeping alone.
 //!
 //! Here the forward runs without a graph — matmuls on candle's matmul (gemm / cuBLAS); norm,
-//! bias + GELU and the residual sums on this module's kernels, one pass each — and one graph node
+//! bias + GELU and the residual sums on this module's kernels, one pass each; the rank-sized
+//! products that meet a full-size tensor (the up-projection the residual adds, a channel mixer's
+//! norm and down-projection, and in the backward the gradient at the normed input, which the
+//! norm's backward reads) computed where they are used instead of written out and read back
+//! (low_rank.rs, norm_down.rs) — and one graph node
 //! with the hand-written backward below carries the gradient to the first block's `y`. Across
 //! blocks the network is one chain of mixers (the features enter as constants: `y_i = h − b_i`
 //! reaches the next block only through `z = b_{i+1} + y_i`), so one node serves them all, and
