@@ -165,22 +165,23 @@ pub fn layer_norm_grads(
         lr.dims(x.dims())?;
     }
     #[cfg(feature = "cuda")]
-    if x.device().is_cuda() && add.is_none_or(|a| a.dims() == x.dims()) {
-        // A product the kernel cannot read in place is written out, for the same one-pass kernel.
-        let mut fused = super::cuda::layer_norm_grads(x, weight, grad, add, eps)?;
-        if fused.is_none()
-            && let Operand::LowRank(lr) = grad
-        {
-            let dense = lr.materialise()?.contiguous()?;
-            fused = super::cuda::layer_norm_grads(x, weight, Operand::Dense(&dense), add, eps)?;
-        }
-        if let Some((dx, sums)) = fused {
-            return Ok((dx, sums.get(0)?, sums.get(1)?));
-        }
+    let one_pass = x.device().is_cuda() && add.is_none_or(|a| a.dims() == x.dims());
+    #[cfg(feature = "cuda")]
+    if one_pass && let Some((dx, sums)) = super::cuda::layer_norm_grads(x, weight, grad, add, eps)? {
+        return Ok((dx, sums.get(0)?, sums.get(1)?));
     }
-    let grad = grad.materialise()?.contiguous()?;
-    let (dw, db) = layer_norm_dparams(x, &grad, eps)?;
-    Ok((layer_norm_dx(x, weight, &grad, add, eps)?, dw, db))
+    // Written out once: for the same one-pass kernel where it could not read the product in
+    // place, else for the two passes below.
+    let dense = grad.materialise()?.contiguous()?;
+    #[cfg(feature = "cuda")]
+    if one_pass
+        && matches!(grad, Operand::LowRank(_))
+        && let Some((dx, sums)) = super::cuda::layer_norm_grads(x, weight, (&dense).into(), add, eps)?
+    {
+        return Ok((dx, sums.get(0)?, sums.get(1)?));
+    }
+    let (dw, db) = layer_norm_dparams(x, &dense, eps)?;
+    Ok((layer_norm_dx(x, weight, &dense, add, eps)?, dw, db))
 }
 
 /// `dx` (plus `add`) from `(x, weight, grad)`. `add` is contiguous and read through its storage

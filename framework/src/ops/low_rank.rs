@@ -57,15 +57,16 @@ pub struct LowRank<'a> {
     /// (a channel mixer's `Up`). Token: `m[b] = weight·act[b]`, weight `[tokens, R]`, act
     /// `[batch, R, width]` (a token mixer's).
     pub axis: Mixer,
-    /// The mixer's up-projection weight.
+    /// `[width, R]` or `[tokens, R]`: a mixer's up-projection, or its down-projection transposed
+    /// (the backward's `dpre·Wd` is `dpre·(Wdᵀ)ᵀ`, and `Wdᵀ·dpre` is the token form as it is).
     pub weight: &'a Tensor,
-    /// Its activation.
+    /// `[batch, tokens, R]` or `[batch, R, width]`: the rank-sized activation or gradient.
     pub act: &'a Tensor,
 }
 
 impl LowRank<'_> {
     /// `(batch, tokens, width, rank)`, checked against each other and against `out`, the shape
-    /// of the residual that adds `m`; an error names what does not fit.
+    /// the op reads the operand as; an error names what does not fit.
     pub(crate) fn dims(&self, out: &[usize]) -> Result<[usize; 4]> {
         let (w, a) = (self.weight.dims(), self.act.dims());
         let fits = match (self.axis, out, w, a) {
@@ -124,6 +125,7 @@ impl<'a, T: Elem> RowsOf<'a, T> {
     /// summed over the rank in order, in the accumulation type, as the CUDA kernel sums it.
     pub(crate) fn add_into(&self, row: usize, a_row: &[T], acc: &mut [T::A]) {
         let (d, zero) = (acc.len(), <T::A as super::cpu::Acc>::ZERO);
+        let (b, t) = (row / self.tokens, row % self.tokens);
         acc.fill(zero);
         for r in 0..self.rank {
             match self.axis {
@@ -133,7 +135,6 @@ impl<'a, T: Elem> RowsOf<'a, T> {
                     acc.iter_mut().zip(q).for_each(|(acc, &q)| *acc += p * q);
                 }
                 Mixer::Token => {
-                    let (b, t) = (row / self.tokens, row % self.tokens);
                     let p = self.weight[t * self.rank + r].load();
                     let start = (b * self.rank + r) * d;
                     let q = &self.act[start..start + d];
