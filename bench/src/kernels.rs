@@ -50,6 +50,9 @@ enum Op {
     /// The mean over tokens `first..last` of a frozen LayerNorm (f32 scale and shift, as LoSA's
     /// head reads the backbone's final norm), differentiable in x.
     NormPool(usize, usize),
+    /// The training loss over `[batch, classes]` logits with this label smoothing, against fixed
+    /// labels (`ce_labels`).
+    CrossEntropy(f64),
 }
 
 /// The mixers of [`Op::Side`]: channel then token, with norms.
@@ -70,6 +73,7 @@ impl Op {
             Op::MergeHeads => "merge_heads".into(),
             Op::BiasResidual => "bias_residual".into(),
             Op::NormPool(first, last) => format!("layer_norm_pool(tokens {first}..{last})"),
+            Op::CrossEntropy(smoothing) => format!("cross_entropy(smoothing {smoothing})"),
         }
     }
 
@@ -129,6 +133,7 @@ impl Op {
                 ]
             }
             Op::Softmax => vec![(x * 4.0)?],
+            Op::CrossEntropy(_) => vec![(x * 2.0)?],
             Op::SplitHeads(_) => vec![x, seeded_normal(d, 0.5, 2, &cpu)?],
             Op::MergeHeads => vec![x],
             Op::BiasResidual => vec![x, seeded_normal(shape, 1.0, 2, &cpu)?, seeded_normal(d, 0.5, 3, &cpu)?],
@@ -166,6 +171,7 @@ impl Op {
             Op::NormPool(..) => vec![shape[0], shape[2]],
             Op::NormDown(rank) => vec![shape[0], shape[1], rank],
             Op::NormGrads(..) => vec![shape.iter().product::<usize>() + 2 * shape[2]],
+            Op::CrossEntropy(_) => vec![],
             _ => shape.to_vec(),
         }
     }
@@ -188,7 +194,7 @@ impl Op {
             Op::Residual | Op::LowRank(..) | Op::NormDown(_) | Op::NormGrads(..) => vec![],
             Op::Softmax => vec!["dx"],
             Op::SplitHeads(_) => vec!["dx", "dbias"],
-            Op::MergeHeads | Op::NormPool(..) => vec!["dx"],
+            Op::MergeHeads | Op::NormPool(..) | Op::CrossEntropy(_) => vec!["dx"],
             Op::BiasResidual => vec!["dx", "dm", "dbias"],
             Op::Side(_) => {
                 let mut g = vec!["dy"];
@@ -254,6 +260,7 @@ impl Op {
                 let (w, b) = (Self::head_dtype(&t[1])?, Self::head_dtype(&t[2])?);
                 ops::layer_norm_pool(&t[0], &w, &b, 1e-6, first..last)
             }
+            Op::CrossEntropy(smoothing) => ops::cross_entropy(&t[0], &ce_labels(&t[0])?, smoothing),
         }
     }
 
@@ -312,6 +319,14 @@ impl Op {
                 t[0].transpose(1, 2)?.reshape((b, n, h * hd))
             }
             Op::BiasResidual => &t[0] + t[1].broadcast_add(&t[2])?,
+            // The composition the training loss was before the fused op.
+            Op::CrossEntropy(smoothing) => {
+                let logp = candle_nn::ops::log_softmax(&t[0], D::Minus1)?;
+                let picked = logp.gather(&ce_labels(&t[0])?.unsqueeze(1)?, 1)?.squeeze(1)?;
+                let nll = picked.neg()?.mean_all()?;
+                let uniform = logp.mean(D::Minus1)?.neg()?.mean_all()?;
+                (nll * (1.0 - smoothing))? + (uniform * smoothing)?
+            }
             // LoSA's block as composed before ops::side_network (with the fused norm and bias + GELU).
             Op::Side(_) => {
                 let (last, y) = (t.len() - 1, &t[0]);
@@ -340,6 +355,13 @@ impl Op {
             }
         }
     }
+}
+
+/// The labels of `CrossEntropy` for `[batch, classes]` logits: every class in turn, on their device.
+fn ce_labels(logits: &Tensor) -> Result<Tensor> {
+    let (batch, classes) = logits.dims2()?;
+    let labels: Vec<u32> = (0..batch).map(|i| ((i * 7 + 3) % classes) as u32).collect();
+    Tensor::new(labels, logits.device())
 }
 
 /// The LayerNorm from candle primitives.
@@ -588,6 +610,11 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::NormPool(0, 1), vec![64, 197, 768]),
         (Op::NormPool(2, 7), vec![3, 7, 48]),
         (Op::NormPool(1, 5), vec![2, 5, 1288]),
+        // The loss on a VTAB batch (64 images; 100 classes, CIFAR-100's; 397, SUN397's) and on
+        // a small odd one.
+        (Op::CrossEntropy(0.0), vec![64, 100]),
+        (Op::CrossEntropy(0.1), vec![64, 397]),
+        (Op::CrossEntropy(0.1), vec![3, 5]),
     ];
     let mut ok = true;
     println!("# fused ops on {device:?} against the CPU fallback (error = max |device − cpu| / max |cpu|)");

@@ -2,19 +2,9 @@
 
 use candle_core::{D, DType, Result, Tensor};
 
-/// Mean cross-entropy of `logits` [batch, classes] against `labels` [batch] (u32), with label
-/// smoothing `smoothing` as PyTorch defines it: `(1 − ε)·NLL + ε·mean over classes of −log p`.
-/// Built from differentiable ops.
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = logp.gather(&labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let nll = picked.neg()?.mean_all()?;
-    if smoothing == 0.0 {
-        return Ok(nll);
-    }
-    let uniform = logp.mean(D::Minus1)?.neg()?.mean_all()?;
-    (nll * (1.0 - smoothing))? + (uniform * smoothing)?
-}
+/// Mean cross-entropy of `logits` [batch, classes] against `labels` [batch], with label smoothing
+/// as PyTorch defines it: one op forward and one backward (ops/cross_entropy.rs).
+pub use crate::ops::cross_entropy;
 
 /// Counts per class of a batch: (correct, seen), for top-1 and per-class accuracy.
 pub fn tally(

@@ -25,6 +25,8 @@ pub(crate) trait Acc:
     fn sqrt(self) -> Self;
     /// e^self.
     fn exp(self) -> Self;
+    /// The natural logarithm.
+    fn ln(self) -> Self;
     /// The error function, as candle's `gelu_erf` computes it (so the forward matches exactly).
     fn erf(self) -> Self;
 }
@@ -39,6 +41,9 @@ impl Acc for f32 {
     }
     fn exp(self) -> Self {
         f32::exp(self)
+    }
+    fn ln(self) -> Self {
+        f32::ln(self)
     }
     fn erf(self) -> Self {
         candle_core::cpu::erf::erf_f32(self)
@@ -55,6 +60,9 @@ impl Acc for f64 {
     }
     fn exp(self) -> Self {
         f64::exp(self)
+    }
+    fn ln(self) -> Self {
+        f64::ln(self)
     }
     fn erf(self) -> Self {
         candle_core::cpu::erf::erf_f64(self)

@@ -119,7 +119,7 @@ macro_rules! by_vector_dtype {
 }
 
 /// The contiguous elements of an input (the ops' wrappers make inputs contiguous).
-fn view<'a, T: Kern>((s, l): In<'a>) -> Result<CudaView<'a, T>> {
+fn view<'a, T: CudaDType + DeviceRepr>((s, l): In<'a>) -> Result<CudaView<'a, T>> {
     let slice = s.as_cuda_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(slice.slice(start..end)),
@@ -821,6 +821,63 @@ fn sm_bwd<T: Kern>(y: In, g: In, scale: f64) -> Result<(CudaStorage, Shape)> {
         unsafe { args.launch(warp_rows_config(el / d)?) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))
+}
+
+/// The mean cross-entropy of `z` `[rows, classes]` against u32 `labels`: one block sums every row's
+/// loss in a fixed order (kernels.cu); a scalar.
+pub(crate) fn cross_entropy_fwd(z: In, labels: In, smoothing: f64) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(z.0.dtype(), ce_fwd(z, labels, smoothing))
+}
+
+fn ce_fwd<T: Kern>(z: In, labels: In, smoothing: f64) -> Result<(CudaStorage, Shape)> {
+    let dev = &z.0.device;
+    let &[rows, classes] = z.1.dims() else { bail!("cross_entropy: logits must be [batch, classes]") };
+    let (zv, lv) = (view::<T>(z)?, view::<u32>(labels)?);
+    // SAFETY: thread 0 of the one block writes the one element.
+    let loss = unsafe { dev.alloc::<T>(1)? };
+    poison(dev, &loss)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("cross_entropy_fwd"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&zv);
+    args.arg(&lv);
+    args.arg(&loss);
+    builder_arg!(args, rows as i32, classes as i32, smoothing);
+    let one_block =
+        LaunchConfig { grid_dim: (1, 1, 1), block_dim: (BLOCK as u32, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: the arguments match `cross_entropy_fwd_<dtype>(const T*, const uint32_t*, T*, int,
+    // int, double)`; z holds rows · classes elements and labels rows (`ops::cross_entropy` checks
+    // both, and that they fit an int).
+    unsafe { args.launch(one_block) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(loss, dev.clone()), Shape::from(())))
+}
+
+/// The logits' gradient for the loss's gradient `g` (one element): a warp per row.
+pub(crate) fn cross_entropy_bwd(z: In, labels: In, g: In, smoothing: f64) -> Result<(CudaStorage, Shape)> {
+    by_dtype!(z.0.dtype(), ce_bwd(z, labels, g, smoothing))
+}
+
+fn ce_bwd<T: Kern>(z: In, labels: In, g: In, smoothing: f64) -> Result<(CudaStorage, Shape)> {
+    let dev = &z.0.device;
+    let shape = z.1.shape().clone();
+    let &[rows, classes] = shape.dims() else { bail!("cross_entropy: logits must be [batch, classes]") };
+    let (zv, lv, gv) = (view::<T>(z)?, view::<u32>(labels)?, view::<T>(g)?);
+    if gv.len() != 1 {
+        bail!("cross_entropy: the loss's gradient must be one element, not {}", gv.len());
+    }
+    // SAFETY: warp r writes all classes elements of row r, and all rows get a warp.
+    let dz = unsafe { dev.alloc::<T>(rows * classes)? };
+    poison(dev, &dz)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("cross_entropy_bwd"), MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&zv);
+    args.arg(&lv);
+    args.arg(&gv);
+    args.arg(&dz);
+    builder_arg!(args, rows as i32, classes as i32, smoothing);
+    // SAFETY: the arguments match `cross_entropy_bwd_<dtype>(const T*, const uint32_t*, const T*,
+    // T*, int, int, double)`; z and dz hold rows · classes elements, labels rows, g one.
+    unsafe { args.launch(warp_rows_config(rows)?) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(dz, dev.clone()), shape))
 }
 
 /// `split`: `[batch, tokens, 3·d]` + bias to `[3, batch, heads, tokens, hd]`; otherwise (no bias)

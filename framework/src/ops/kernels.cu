@@ -23,6 +23,8 @@ __device__ __forceinline__ float erf_(float v) { return erff(v); }
 __device__ __forceinline__ double erf_(double v) { return erf(v); }
 __device__ __forceinline__ float exp_(float v) { return expf(v); }
 __device__ __forceinline__ double exp_(double v) { return exp(v); }
+__device__ __forceinline__ float log_(float v) { return logf(v); }
+__device__ __forceinline__ double log_(double v) { return log(v); }
 __device__ __forceinline__ float sqrt_(float v) { return sqrtf(v); }
 __device__ __forceinline__ double sqrt_(double v) { return sqrt(v); }
 
@@ -1023,6 +1025,76 @@ __device__ void softmax_bwd(const T *y, const T *g, T *dx, int rows, int d, doub
   for (int j = lane; j < d; j += 32) st(&dx[j], A(scale) * ld(y[j]) * (ld(g[j]) - dot));
 }
 
+// w * v, or 0 where w is: a term with no weight drops out even where v is infinite (a logit of
+// -inf without smoothing leaves the loss finite). A label out of range stays NaN either way.
+template <typename A> __device__ __forceinline__ A weighted(A w, A v) { return w == A(0) && !isnan(v) ? A(0) : w * v; }
+
+// One row of logits by the 32 lanes of a warp: its max, log(sum(exp(z - max))) and mean, which
+// every lane gets.
+template <typename T, typename A>
+__device__ void logit_stats(const T *z, int classes, int lane, A *max, A *lse, A *mean) {
+  A m = -INFINITY, total = 0;
+  for (int j = lane; j < classes; j += 32) {
+    const A v = ld(z[j]);
+    m = max_(m, v);
+    total += v;
+  }
+  m = warp_max(m);
+  A sum = 0;
+  for (int j = lane; j < classes; j += 32) sum += exp_(ld(z[j]) - m);
+  *max = m;
+  *lse = log_(warp_sum(sum));
+  *mean = warp_sum(total) / A(classes);
+}
+
+// The batch's mean cross-entropy with label smoothing, by one block: warp w takes rows w, w + W,
+// ... (W warps) and sums their losses in that order, then thread 0 sums the warps' in order, so
+// the result is the same in every run. A label out of range makes its row's loss NaN.
+template <typename T>
+__device__ void cross_entropy_fwd(const T *z, const uint32_t *labels, T *loss, int rows, int classes,
+                                  double smoothing) {
+  typedef typename Acc<T>::type A;
+  __shared__ A per_warp[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  A acc = 0;
+  for (int row = warp; row < rows; row += warps) {
+    const T *zr = z + (size_t)row * classes;
+    A m, lse, mean;
+    logit_stats(zr, classes, lane, &m, &lse, &mean);
+    const uint32_t y = labels[row];
+    const A picked = y < (uint32_t)classes ? ld(zr[y]) : A(NAN);
+    acc += m + lse - weighted(A(1.0 - smoothing), picked) - weighted(A(smoothing), mean);
+  }
+  if (lane == 0) per_warp[warp] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    A total = 0;
+    for (int w = 0; w < warps; ++w) total += per_warp[w];
+    st(loss, total / A(rows));
+  }
+}
+
+// One warp per row: dz = g / rows * (softmax(z) - (1 - smoothing) onehot(y) - smoothing / classes),
+// g the loss's gradient (one element). A label out of range makes its row NaN.
+template <typename T>
+__device__ void cross_entropy_bwd(const T *z, const uint32_t *labels, const T *g, T *dz, int rows,
+                                  int classes, double smoothing) {
+  typedef typename Acc<T>::type A;
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  z += (size_t)row * classes;
+  dz += (size_t)row * classes;
+  A m, lse, mean;
+  logit_stats(z, classes, lane, &m, &lse, &mean);
+  const uint32_t y = labels[row];
+  const A scale = y < (uint32_t)classes ? ld(g[0]) / A(rows) : A(NAN);
+  const A spread = A(smoothing / classes), keep = A(1.0 - smoothing);
+  for (int j = lane; j < classes; j += 32) {
+    const A target = (uint32_t)j == y ? keep + spread : spread;
+    st(&dz[j], scale * (exp_(ld(z[j]) - m - lse) - target));
+  }
+}
+
 // [batch, tokens, parts, heads, hd] <-> [parts, batch, heads, tokens, hd], one thread per element
 // of the [parts, batch, heads, tokens, hd] side (parts: 3 for q, k, v; 1 for attention's output).
 // split: y = x (+ bias [parts * heads * hd] when has_bias); merge (split = 0, bias unused): the
@@ -1139,6 +1211,14 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                               int outer, int channels, int inner, int per,         \
                                               unsigned int *counter) {                             \
     channel_sums<T>(x, partial, sums, outer, channels, inner, per, counter);                       \
+  }                                                                                                \
+  extern "C" __global__ void cross_entropy_fwd_##S(const T *z, const uint32_t *labels, T *loss,     \
+                                                   int rows, int classes, double smoothing) {      \
+    cross_entropy_fwd<T>(z, labels, loss, rows, classes, smoothing);                               \
+  }                                                                                                \
+  extern "C" __global__ void cross_entropy_bwd_##S(const T *z, const uint32_t *labels, const T *g, \
+                                                   T *dz, int rows, int classes, double smoothing) { \
+    cross_entropy_bwd<T>(z, labels, g, dz, rows, classes, smoothing);                              \
   }                                                                                                \
   extern "C" __global__ void softmax_fwd_##S(const T *x, T *y, int rows, int d, double scale) {    \
     softmax_fwd<T>(x, y, rows, d, scale);                                                          \

@@ -15,7 +15,8 @@
 //! through a `GradSink` (grad_sink.rs); `adamw_update`, the optimiser's step for
 //! many parameters, in place; `layer_norm_down`, a channel mixer's norm and down-projection in
 //! one read of each row (norm_down.rs, inside the side network); `cast_all`, many small tensors cast at once; `layer_norm_pool`, a
-//! head's norm and pooling of a token sequence (norm_pool.rs); and, inside the
+//! head's norm and pooling of a token sequence (norm_pool.rs); `cross_entropy`, the training loss
+//! (cross_entropy.rs); and, inside the
 //! backward passes, one-pass column sums for bias gradients (column_sums.rs).
 //!
 //! Every op takes f32, f64, f16 and bf16 and computes in f32 (f64 for f64), rounding once at the
@@ -29,6 +30,9 @@ mod block_tests;
 mod cast;
 mod column_sums;
 mod cpu;
+mod cross_entropy;
+#[cfg(test)]
+mod cross_entropy_tests;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(any(feature = "cuda", test))]
@@ -52,6 +56,7 @@ mod tests;
 pub use adamw::{AdamWParam, AdamWStep, adamw_update};
 pub use bias_gelu::bias_gelu;
 pub use cast::cast_all;
+pub use cross_entropy::cross_entropy;
 #[cfg(feature = "cuda")]
 pub(crate) use cuda::prepare as prepare_cuda;
 pub use grad_sink::GradSink;
