@@ -24,7 +24,8 @@
 #      that does not fit is shown as out of memory);
 #   6. with BASELINE=gpu-bin/baseline-<commit>.tar.xz (an earlier build_gpu.sh pack): that build's
 #      train_step on the same card in the same call, against this one's, for BASELINE_METHODS
-#      (default: forward losa losa_cached lora), so a change is measured against what it replaced.
+#      (default: forward losa losa_cached lora), so a change is measured against what it replaced;
+#   7. with PROFILE=1: one method's step under Nsight Systems, kernel by kernel (see below).
 # Exit status: 1 if a check (1–3) failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -133,7 +134,28 @@ for m in methods:
 PY
   summary+=("baseline $(basename "$BASELINE"): exit $?")
 fi
-for f in device_parity kernels smoke train_step_b16 train_step_L train_step_H baseline; do
+# With PROFILE=1, where the machine has Nsight Systems: PROFILE_METHOD's step (default the cached
+# LoSA step) under `nsys`, its kernels and CUDA calls summed by name (profile*.csv; the largest in
+# profile.md): where the step's time goes, kernel by kernel, and how much of it the host's calls
+# take. The report itself is deleted (too large to carry back).
+if [ "${PROFILE:-0}" = 1 ]; then
+  nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
+  if [ -n "$nsys" ]; then
+    timeout "${PROFILE_TIMEOUT:-120}" "$nsys" profile --trace cuda --sample none --cpuctxsw none \
+      --force-overwrite true -o "$out/profile" "$bin/train_step" --variant B/16 --image-size 224 --batch 64 \
+      --device cuda --steps 10 --warmup 3 --methods "${PROFILE_METHOD:-losa_cached}" > "$out/profile.txt" 2>&1 &&
+      timeout 120 "$nsys" stats --report cuda_gpu_kern_sum --report cuda_api_sum --format csv \
+        --output "$out/profile" "$out/profile.nsys-rep" >> "$out/profile.txt" 2>&1
+    summary+=("profile ${PROFILE_METHOD:-losa_cached}: exit $?")
+    rm -f "$out/profile.nsys-rep" "$out/profile.sqlite"
+    for f in "$out"/profile*.csv; do
+      [ -f "$f" ] && { echo "$(basename "$f") (the whole train_step run: warm-up, timed and phase-split steps), largest first:"; head -n 26 "$f"; echo; }
+    done > "$out/profile.md"
+  else
+    summary+=("profile: skipped (no nsys on this machine)")
+  fi
+fi
+for f in device_parity kernels smoke train_step_b16 train_step_L train_step_H baseline profile; do
   [ -f "$out/$f.md" ] && { echo "== $f"; cat "$out/$f.md"; echo; }
   [ -f "$out/$f.txt" ] && [ ! -f "$out/$f.md" ] && { echo "== $f"; tail -n 40 "$out/$f.txt"; echo; }
 done
