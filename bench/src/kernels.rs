@@ -28,9 +28,10 @@ enum Op {
     /// The same with `m` a mixer's low-rank up-projection of this rank, never written out;
     /// unfused: candle's matmul writes it, then the residual above adds it.
     LowRank(Mixer, usize),
-    /// A channel mixer's `LN(h)·Wdᵀ` to this rank (no backward); unfused: the norm writes `LN(h)`
-    /// and candle's matmul reads it.
-    NormDown(usize),
+    /// `LN(h)·Wdᵀ` to this rank (no backward): a channel mixer's forward, or with a projection
+    /// per image a token mixer's down-projection gradient; unfused: the norm writes `LN(h)` and
+    /// candle's matmul reads it.
+    NormDown(usize, Projection),
     /// The LayerNorm's gradients (input, plus an added tensor; scale; shift) for a mixer's
     /// low-rank gradient at its normed input (`dpre·Wd` or `Wdᵀ·dpre`) of this rank, read in place;
     /// unfused: the product written out by candle's matmul first. Output: dx, dw and db
@@ -55,6 +56,14 @@ enum Op {
     CrossEntropy(f64),
 }
 
+/// The projection of [`Op::NormDown`]: one for all rows (a channel mixer's forward), or one per
+/// image (a token mixer's backward, its gradient at the pre-activation).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Projection {
+    Shared,
+    PerImage,
+}
+
 /// The mixers of [`Op::Side`]: channel then token, with norms.
 const SIDE: [Mixer; 2] = [Mixer::Channel, Mixer::Token];
 
@@ -65,7 +74,8 @@ impl Op {
             Op::BiasGelu(dim) => format!("bias_gelu(dim {dim})"),
             Op::Residual => "residual".into(),
             Op::LowRank(axis, rank) => format!("residual(low-rank {axis:?}, rank {rank})"),
-            Op::NormDown(rank) => format!("layer_norm_down(rank {rank})"),
+            Op::NormDown(rank, Projection::Shared) => format!("layer_norm_down(rank {rank})"),
+            Op::NormDown(rank, Projection::PerImage) => format!("layer_norm_down(rank {rank}, per image)"),
             Op::NormGrads(axis, rank) => format!("layer_norm_grads(low-rank {axis:?}, rank {rank})"),
             Op::Side(rank) => format!("side_network(1 block, rank {rank})"),
             Op::Softmax => "softmax".into(),
@@ -112,12 +122,18 @@ impl Op {
                     seeded_normal(d, 0.5, 4, &cpu)?,
                 ]
             }
-            Op::NormDown(rank) => vec![
-                x,
-                (seeded_normal(d, 0.2, 2, &cpu)? + 1.0)?,
-                seeded_normal(d, 0.2, 3, &cpu)?,
-                seeded_normal(&[rank, d], (d as f64).powf(-0.5), 4, &cpu)?,
-            ],
+            Op::NormDown(rank, projection) => {
+                let down = match projection {
+                    Projection::Shared => vec![rank, d],
+                    Projection::PerImage => vec![shape[0], rank, d],
+                };
+                vec![
+                    x,
+                    (seeded_normal(d, 0.2, 2, &cpu)? + 1.0)?,
+                    seeded_normal(d, 0.2, 3, &cpu)?,
+                    seeded_normal(down, (d as f64).powf(-0.5), 4, &cpu)?,
+                ]
+            }
             Op::NormGrads(axis, rank) => {
                 let (b, n) = (shape[0], shape[1]);
                 let (size, dpre) = match axis {
@@ -169,7 +185,7 @@ impl Op {
             }
             Op::MergeHeads => vec![shape[0], shape[2], shape[1] * shape[3]],
             Op::NormPool(..) => vec![shape[0], shape[2]],
-            Op::NormDown(rank) => vec![shape[0], shape[1], rank],
+            Op::NormDown(rank, _) => vec![shape[0], shape[1], rank],
             Op::NormGrads(..) => vec![shape.iter().product::<usize>() + 2 * shape[2]],
             Op::CrossEntropy(_) => vec![],
             _ => shape.to_vec(),
@@ -179,7 +195,7 @@ impl Op {
     /// How many leading inputs get a gradient.
     fn trainable(self, inputs: usize) -> usize {
         match self {
-            Op::Residual | Op::LowRank(..) | Op::NormDown(_) | Op::NormGrads(..) => 0,
+            Op::Residual | Op::LowRank(..) | Op::NormDown(..) | Op::NormGrads(..) => 0,
             Op::Side(_) => inputs - 1,
             Op::NormPool(..) => 1,
             _ => inputs,
@@ -191,7 +207,7 @@ impl Op {
         let grads: Vec<&str> = match self {
             Op::LayerNorm => vec!["dx", "dweight", "dbias"],
             Op::BiasGelu(_) => vec!["dx", "dbias"],
-            Op::Residual | Op::LowRank(..) | Op::NormDown(_) | Op::NormGrads(..) => vec![],
+            Op::Residual | Op::LowRank(..) | Op::NormDown(..) | Op::NormGrads(..) => vec![],
             Op::Softmax => vec!["dx"],
             Op::SplitHeads(_) => vec!["dx", "dbias"],
             Op::MergeHeads | Op::NormPool(..) | Op::CrossEntropy(_) => vec!["dx"],
@@ -241,7 +257,7 @@ impl Op {
                     Some(&t[5]),
                 )
             }
-            Op::NormDown(_) => ops::layer_norm_down(&t[0], &t[1], &t[2], &t[3], 1e-6),
+            Op::NormDown(..) => ops::layer_norm_down(&t[0], &t[1], &t[2], &t[3], 1e-6),
             Op::NormGrads(axis, _) => {
                 let down_t = t[2].t()?;
                 let dx = ops::LowRank { axis, weight: &down_t, act: &t[3] };
@@ -300,7 +316,9 @@ impl Op {
                 };
                 ops::residual(&t[0], &m, ops::Terms { minus: Some(&t[3]), plus: Some(&t[4]) }, Some(&t[5]))
             }
-            Op::NormDown(_) => ops::layer_norm(&t[0], &t[1], &t[2], 1e-6)?.broadcast_matmul(&t[3].t()?),
+            // Per image as the token mixer's backward composed it: a batched GEMM.
+            Op::NormDown(..) => ops::layer_norm(&t[0], &t[1], &t[2], 1e-6)?
+                .broadcast_matmul(&t[3].transpose(D::Minus1, D::Minus2)?),
             Op::NormGrads(axis, _) => {
                 let dx = match axis {
                     Mixer::Channel => t[3].broadcast_matmul(&t[2])?,
@@ -580,10 +598,15 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::LowRank(Mixer::Channel, 40), vec![2, 5, 768]),
         // A channel mixer's norm and down-projection on ViT-B/16 and ViT-Ti; small odd widths and
         // one past the vector path (the element path).
-        (Op::NormDown(8), vec![64, 197, 768]),
-        (Op::NormDown(8), vec![64, 197, 192]),
-        (Op::NormDown(3), vec![3, 7, 10]),
-        (Op::NormDown(4), vec![2, 5, 1288]),
+        (Op::NormDown(8, Projection::Shared), vec![64, 197, 768]),
+        (Op::NormDown(8, Projection::Shared), vec![64, 197, 192]),
+        (Op::NormDown(3, Projection::Shared), vec![3, 7, 10]),
+        (Op::NormDown(4, Projection::Shared), vec![2, 5, 1288]),
+        // A token mixer's down-projection gradient (a projection per image), on ViT-B/16 and on
+        // small odd shapes and the element path.
+        (Op::NormDown(8, Projection::PerImage), vec![64, 197, 768]),
+        (Op::NormDown(3, Projection::PerImage), vec![3, 7, 10]),
+        (Op::NormDown(2, Projection::PerImage), vec![3, 5, 1288]),
         // The same for the norm's backward, on the one-pass kernel's shapes (rank 1 included) and
         // on a width past it (written out there).
         (Op::NormGrads(Mixer::Channel, 8), vec![64, 197, 768]),

@@ -52,19 +52,16 @@ struct Loss {
     smoothing: f64,
 }
 
-/// One row's `(max, log Σ exp(z − max), mean z)`.
-fn row_stats<T: Elem>(z: &[T]) -> (T::A, T::A, T::A) {
-    let max = z.iter().map(|v| v.load()).fold(None, |m: Option<T::A>, v| match m {
-        Some(m) if m >= v => Some(m),
-        _ => Some(v),
-    });
-    let max = max.unwrap_or(T::A::ZERO);
-    let (mut sum, mut total) = (T::A::ZERO, T::A::ZERO);
-    for v in z {
-        sum += (v.load() - max).exp();
-        total += v.load();
-    }
-    (max, sum.ln(), total / T::A::of(z.len() as f64))
+/// One row's `(max, Σ exp(z − max), mean z)`, with each `exp(z − max)` in `e` (so that the
+/// backward computes each exponential once).
+fn row_stats<T: Elem>(z: &[T], e: &mut Vec<T::A>) -> (T::A, T::A, T::A) {
+    let first = z.first().map_or(T::A::ZERO, |v| v.load());
+    let max = z.iter().map(|v| v.load()).fold(first, |m, v| if v > m { v } else { m });
+    e.clear();
+    e.extend(z.iter().map(|v| (v.load() - max).exp()));
+    let sum = e.iter().fold(T::A::ZERO, |s, &v| s + v);
+    let total = z.iter().fold(T::A::ZERO, |s, v| s + v.load());
+    (max, sum, total / T::A::of(z.len() as f64))
 }
 
 /// `w·v`, or 0 where `w` is: a term with no weight drops out even where `v` is infinite (a logit
@@ -98,9 +95,9 @@ impl Loss {
             .par_chunks(classes)
             .zip(labels.par_iter())
             .with_min_len(min_rows(classes))
-            .map(|(z, &y)| {
-                let (max, lse, mean) = row_stats(z);
-                max + lse - weighted(keep, z[y as usize].load()) - weighted(spread, mean)
+            .map_init(Vec::new, |e, (z, &y)| {
+                let (max, sum, mean) = row_stats(z, e);
+                max + sum.ln() - weighted(keep, z[y as usize].load()) - weighted(spread, mean)
             })
             .collect();
         // Summed in row order (the kernel sums each warp's rows, then the warps', also in a fixed
@@ -177,10 +174,11 @@ impl LossBwd {
         let mut dz = vec![T::store(T::A::ZERO); z.len()];
         let rows = dz.par_chunks_mut(classes).zip(z.par_chunks(classes)).zip(labels.par_iter());
         let rows = rows.with_min_len(min_rows(classes));
-        rows.for_each(|((dz, z), &y)| {
-            let (max, lse, _) = row_stats(z);
-            for (c, (dz, v)) in dz.iter_mut().zip(z).enumerate() {
-                let p = (v.load() - max - lse).exp();
+        rows.for_each_init(Vec::new, |e, ((dz, z), &y)| {
+            let (_, sum, _) = row_stats(z, e);
+            let inv = T::A::of(1.0) / sum;
+            for (c, (dz, &e)) in dz.iter_mut().zip(e.iter()).enumerate() {
+                let p = e * inv;
                 let target = if c == y as usize { keep + spread } else { spread };
                 *dz = T::store(scale * (p - target));
             }

@@ -730,26 +730,20 @@ fn warp_rows_config(rows: usize) -> Result<LaunchConfig> {
 }
 
 /// `LN(x)·downᵀ` per row (ops/norm_down.rs): inputs x `[rows, d]`, the norm's weight and bias
-/// `[d]`, down `[rank, d]`, all contiguous; `[rows, rank]`.
-pub(crate) fn layer_norm_down(
-    inputs: [In; 4],
-    rows: usize,
-    d: usize,
-    rank: usize,
-    eps: f64,
-) -> Result<CudaStorage> {
-    by_dtype!(inputs[0].0.dtype(), ln_down(inputs, rows, d, rank, eps))
+/// `[d]`, down `[rows / per_weight, rank, d]` (a projection for each run of `per_weight` rows: an
+/// image's tokens, or all rows), all contiguous; `[rows, rank]`.
+pub(crate) fn layer_norm_down(inputs: [In; 4], dims: [usize; 4], eps: f64) -> Result<CudaStorage> {
+    by_dtype!(inputs[0].0.dtype(), ln_down(inputs, dims, eps))
 }
 
 fn ln_down<T: Kern>(
     [x, w, b, down]: [In; 4],
-    rows: usize,
-    d: usize,
-    rank: usize,
+    [rows, d, rank, per_weight]: [usize; 4],
     eps: f64,
 ) -> Result<CudaStorage> {
     let dev = &x.0.device;
-    let (Ok(d_i), Ok(rank_i)) = (i32::try_from(d), i32::try_from(rank)) else {
+    let (Ok(d_i), Ok(rank_i), Ok(per_i)) = (i32::try_from(d), i32::try_from(rank), i32::try_from(per_weight))
+    else {
         bail!("layer_norm_down: rows of {d} to rank {rank} is too large for one launch");
     };
     let [xv, wv, bv, dv] = [x, w, b, down].map(view::<T>);
@@ -764,10 +758,11 @@ fn ln_down<T: Kern>(
     args.arg(&bv);
     args.arg(&dv);
     args.arg(&pre);
-    builder_arg!(args, rows as i32, d_i, rank_i, eps);
+    builder_arg!(args, rows as i32, d_i, rank_i, per_i.max(1), eps);
     // SAFETY: the arguments match `layer_norm_down_<dtype>(const T*, const T*, const T*, const T*,
-    // T*, int, int, int, double)`; x holds rows·d elements, w and b d, down rank·d, pre rows·rank
-    // (`warp_rows_config` refuses rows past the kernels' 32-bit row index).
+    // T*, int, int, int, int, double)`; x holds rows·d elements, w and b d, down (rows /
+    // per_weight)·rank·d, pre rows·rank (`warp_rows_config` refuses rows past the kernels' 32-bit
+    // row index).
     unsafe { args.launch(warp_rows_config(rows)?) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(pre, dev.clone()))
 }

@@ -260,17 +260,19 @@ template <typename T> __device__ __forceinline__ typename Acc<T>::type rounded(t
 
 // One warp per row: pre[row, q] = sum_j LN(x)[j] down[q, j] for q < rank, the normed row rounded
 // to T first (as the norm's output tensor would be) and never written: a channel mixer's norm and
-// down-projection in one read of the row (ops/norm_down.rs). On the vector path the normed row
-// stays in the lanes' registers; otherwise each projection re-reads the row.
+// down-projection in one read of the row (ops/norm_down.rs). Each run of per_weight rows has a
+// down of its own (a token mixer's backward: one per image), one after another. On the vector
+// path the normed row stays in the lanes' registers; otherwise each projection re-reads the row.
 template <typename T>
 __device__ void layer_norm_down(const T *x, const T *w, const T *b, const T *down, T *pre, int rows, int d,
-                                int rank, double eps) {
+                                int rank, int per_weight, double eps) {
   typedef typename Acc<T>::type A;
   constexpr int V = RowVecs<T>::V;
   const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (row >= rows) return;
   x += (size_t)row * d;
   pre += (size_t)row * rank;
+  down += (size_t)(row / per_weight) * rank * d;
   A mean, rstd;
   if (row_vectors<T>(d) && aligned(x) && aligned(w) && aligned(b) && aligned(down)) {
     const int nv = d / V;
@@ -1186,8 +1188,9 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
     residual_fwd<T>(a, m, minus, plus, bias, out, n, d, has_minus, has_plus, has_bias);            \
   }                                                                                                \
   extern "C" __global__ void layer_norm_down_##S(const T *x, const T *w, const T *b, const T *down, \
-                                                 T *pre, int rows, int d, int rank, double eps) {  \
-    layer_norm_down<T>(x, w, b, down, pre, rows, d, rank, eps);                                    \
+                                                 T *pre, int rows, int d, int rank, int per_weight, \
+                                                 double eps) {                                     \
+    layer_norm_down<T>(x, w, b, down, pre, rows, d, rank, per_weight, eps);                        \
   }                                                                                                \
   /* 4 blocks of 256 per SM, as cuda.rs sizes the channel grid (64 registers a thread). */      \
   extern "C" __global__ void __launch_bounds__(256, 4) low_rank_residual_##S(const T *a, const T *w, const T *act,            \

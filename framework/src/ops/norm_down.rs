@@ -6,9 +6,14 @@
 //! per channel mixer. Here each row is read once and `rank` values are written. The normed row is
 //! rounded to the stream's dtype before the projection, as the norm's output tensor was, and the
 //! projection sums in f32 (f64 for f64), as the GEMM does.
+//!
+//! The projection may also differ per image (`down` `[batch, rank, d]`): a token mixer's backward
+//! needs `Σ_b dpre_b·LN(h_b)ᵀ` for its down-projection's gradient, which is this op with the
+//! gradient at the pre-activation `dpre` `[batch, rank, d]` as the weight, summed over the batch
+//! (ops/side.rs); composed, it recomputed the normed stream and wrote it out for a batched GEMM.
 
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, bail};
+use candle_core::{CpuStorage, D, DType, Layout, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 
 use super::cpu::{Acc, Elem, slice};
@@ -17,8 +22,8 @@ use super::layer_norm::{layer_norm, stats};
 const NAME: &str = "layer_norm_down";
 
 /// `LN(h)·downᵀ` for `h` `[batch, tokens, d]`, the norm's `weight` and `bias` `[d]`, `down`
-/// `[rank, d]`, all of one dtype: `[batch, tokens, rank]`, with no graph (an input that needs a
-/// gradient is an error).
+/// `[rank, d]` (or `[batch, rank, d]`, one projection per image), all of one dtype: `[batch,
+/// tokens, rank]`, with no graph (an input that needs a gradient is an error).
 pub fn layer_norm_down(
     h: &Tensor,
     weight: &Tensor,
@@ -27,8 +32,10 @@ pub fn layer_norm_down(
     eps: f64,
 ) -> Result<Tensor> {
     let (batch, tokens, d) = h.dims3()?;
-    let rank = down.dim(0)?;
-    if d == 0 || weight.dims() != [d] || bias.dims() != [d] || down.dims() != [rank, d] {
+    let per_image = down.rank() == 3;
+    let rank = down.dim(D::Minus2).unwrap_or(0);
+    let fits = if per_image { down.dims() == [batch, rank, d] } else { down.dims() == [rank, d] };
+    if d == 0 || weight.dims() != [d] || bias.dims() != [d] || !fits {
         bail!(
             "{NAME}: weight {:?}, bias {:?} and down {:?} do not fit rows of {d}",
             weight.dims(),
@@ -54,18 +61,22 @@ pub fn layer_norm_down(
     let storage = match (&**sh, &**sw, &**sb, &**sd) {
         (Storage::Cpu(sh), Storage::Cpu(sw), Storage::Cpu(sb), Storage::Cpu(sd)) => {
             let inputs = [(sh, *lh), (sw, *lw), (sb, *lb), (sd, *ld)];
-            Storage::Cpu(cpu(inputs, d, rank, eps)?)
+            Storage::Cpu(cpu(inputs, [tokens, d, rank], per_image, eps)?)
         }
         #[cfg(feature = "cuda")]
         (Storage::Cuda(sh), Storage::Cuda(sw), Storage::Cuda(sb), Storage::Cuda(sd)) => {
             let inputs = [(sh, *lh), (sw, *lw), (sb, *lb), (sd, *ld)];
-            Storage::Cuda(super::cuda::layer_norm_down(inputs, rows, d, rank, eps)?)
+            let per_weight = if per_image { tokens } else { rows };
+            Storage::Cuda(super::cuda::layer_norm_down(inputs, [rows, d, rank, per_weight], eps)?)
         }
         // A device without the kernel composes it.
         _ => {
             drop(storages);
-            let normed = layer_norm(&h, &weight, &bias, eps)?.reshape((rows, d))?;
-            return normed.matmul(&down.t()?)?.reshape(shape);
+            let normed = layer_norm(&h, &weight, &bias, eps)?;
+            if per_image {
+                return normed.matmul(&down.transpose(1, 2)?);
+            }
+            return normed.reshape((rows, d))?.matmul(&down.t()?)?.reshape(shape);
         }
     };
     Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
@@ -73,17 +84,23 @@ pub fn layer_norm_down(
 
 type In<'a> = (&'a CpuStorage, &'a Layout);
 
-fn cpu(inputs: [In; 4], d: usize, rank: usize, eps: f64) -> Result<CpuStorage> {
+/// `dims`: tokens, d, rank; `per_image`: a projection per image of `tokens` rows.
+fn cpu(inputs: [In; 4], dims: [usize; 3], per_image: bool, eps: f64) -> Result<CpuStorage> {
     match candle_core::backend::BackendStorage::dtype(inputs[0].0) {
-        DType::F32 => fwd_cpu::<f32>(inputs, d, rank, eps),
-        DType::F64 => fwd_cpu::<f64>(inputs, d, rank, eps),
-        DType::F16 => fwd_cpu::<half::f16>(inputs, d, rank, eps),
-        DType::BF16 => fwd_cpu::<half::bf16>(inputs, d, rank, eps),
+        DType::F32 => fwd_cpu::<f32>(inputs, dims, per_image, eps),
+        DType::F64 => fwd_cpu::<f64>(inputs, dims, per_image, eps),
+        DType::F16 => fwd_cpu::<half::f16>(inputs, dims, per_image, eps),
+        DType::BF16 => fwd_cpu::<half::bf16>(inputs, dims, per_image, eps),
         other => bail!("{NAME}: no kernel for {other:?}"),
     }
 }
 
-fn fwd_cpu<T: Elem>(inputs: [In; 4], d: usize, rank: usize, eps: f64) -> Result<CpuStorage> {
+fn fwd_cpu<T: Elem>(
+    inputs: [In; 4],
+    [tokens, d, rank]: [usize; 3],
+    per_image: bool,
+    eps: f64,
+) -> Result<CpuStorage> {
     let get = |(s, l): In| -> Result<Vec<T::A>> {
         Ok(slice(s.as_slice::<T>()?, l, NAME)?.iter().map(|v| v.load()).collect())
     };
@@ -92,9 +109,10 @@ fn fwd_cpu<T: Elem>(inputs: [In; 4], d: usize, rank: usize, eps: f64) -> Result<
     let (w, b, down) = (get(inputs[1])?, get(inputs[2])?, get(inputs[3])?);
     let zero = T::A::ZERO;
     let mut pre = vec![T::store(zero); h.len() / d * rank];
-    pre.par_chunks_mut(rank).zip(h.par_chunks(d)).with_min_len(8).for_each_init(
+    pre.par_chunks_mut(rank).zip(h.par_chunks(d)).enumerate().with_min_len(8).for_each_init(
         || vec![zero; d],
-        |x, (pre, h)| {
+        |x, (row, (pre, h))| {
+            let down = if per_image { &down[row / tokens * rank * d..][..rank * d] } else { &down[..] };
             let (mean, rstd) = stats(h, eps);
             // The normed row, rounded to T as the norm's output tensor holds it.
             for (((x, h), &w), &b) in x.iter_mut().zip(h).zip(&w).zip(&b) {

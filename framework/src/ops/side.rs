@@ -298,9 +298,17 @@ impl SideNetwork {
                 }
                 let dpre = bias_gelu_dx(pre, &mix.down_bias, &da, 1)?;
                 if params {
-                    let x = mix.normed(h, self.eps)?;
                     let per_image = |t: Tensor| sum_along(&t, t.elem_count() / batch, 1);
-                    let d_down = per_image(dpre.matmul(&x.transpose(1, 2)?)?)?.reshape((rank, tokens))?;
+                    // dWd = Σ_b dpre_b·LN(h_b)ᵀ; with a norm, as the norm and projection op with
+                    // dpre_b as image b's projection ([batch, tokens, rank]), so that the normed
+                    // stream is never written out.
+                    let d_down = match &mix.norm {
+                        Some((w, b)) => per_image(layer_norm_down(h, w, b, &dpre, self.eps)?)?
+                            .reshape((tokens, rank))?
+                            .t()?
+                            .contiguous()?,
+                        None => per_image(dpre.matmul(&h.transpose(1, 2)?)?)?.reshape((rank, tokens))?,
+                    };
                     let d_up = per_image(dm.matmul(&a.transpose(1, 2)?)?)?.reshape((tokens, rank))?;
                     grads.extend([d_down, sum_along(&dpre, rank, width)?, d_up]);
                 }

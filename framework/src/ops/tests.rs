@@ -478,29 +478,36 @@ fn layer_norm_grads_read_a_low_rank_gradient_as_its_product() {
 }
 
 /// A channel mixer's norm and down-projection in one op equal the norm's output (rounded to the
-/// dtype) times the projection, in every dtype, for widths on and off the kernels' vector path;
-/// inputs that do not fit, or need a gradient, are refused.
+/// dtype) times the projection, shared or one per image, in every dtype, for widths on and off
+/// the kernels' vector path; inputs that do not fit, or need a gradient, are refused.
 #[test]
 fn layer_norm_down_is_the_norm_then_the_projection() {
     use super::norm_down::layer_norm_down;
     for (width, rank) in [(48, 3), (10, 1), (64, 8)] {
         let x = (normal(&[3, 5, width], 2.0, 31) + 0.7).unwrap();
         let (w, b) = ((normal(&[width], 0.3, 32) + 1.0).unwrap(), normal(&[width], 0.3, 33));
-        let down = normal(&[rank, width], 0.4, 34);
-        for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        let shared = normal(&[rank, width], 0.4, 34);
+        let per_image = normal(&[3, rank, width], 0.4, 36);
+        for (down, dtype) in [&shared, &per_image]
+            .into_iter()
+            .flat_map(|d| [DType::F64, DType::F32, DType::F16, DType::BF16].map(|t| (d, t)))
+        {
             let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
-            let (x, w, b, down) = (c(&x), c(&w), c(&b), c(&down));
+            let (x, w, b, down) = (c(&x), c(&w), c(&b), c(down));
             let normed = super::layer_norm(&x, &w, &b, 1e-6).unwrap();
-            let reference = normed.broadcast_matmul(&down.t().unwrap()).unwrap();
+            let reference = normed.broadcast_matmul(&down.transpose(D::Minus1, D::Minus2).unwrap()).unwrap();
             let out = layer_norm_down(&x, &w, &b, &down, 1e-6).unwrap();
             assert_eq!(out.dims(), [3, 5, rank]);
             let (tol, floor) = tolerance(dtype);
             let err = max_rel_err(&out, &reference, floor);
-            assert!(err <= tol, "width {width} rank {rank} {dtype:?}: {err:e}");
+            assert!(err <= tol, "width {width} rank {rank} {:?} {dtype:?}: {err:e}", down.dims());
         }
     }
     let (x, w, b) = ln_inputs();
     let err = layer_norm_down(&x, &w, &b, &normal(&[2, 47], 1.0, 35), 1e-6).unwrap_err().to_string();
+    assert!(err.contains("do not fit"), "{err}");
+    // A projection per image needs one for each of the 3 images.
+    let err = layer_norm_down(&x, &w, &b, &normal(&[2, 2, 48], 1.0, 35), 1e-6).unwrap_err().to_string();
     assert!(err.contains("do not fit"), "{err}");
     let v = Var::from_tensor(&w).unwrap();
     let err =
