@@ -154,3 +154,25 @@ macro_rules! cpu_dispatch {
     }};
 }
 pub(crate) use cpu_dispatch;
+
+/// `$call` with `$x` bound to the elements of `$storage`, whatever its float type (ops whose
+/// other inputs are of another type, or captured); an error naming `$op` for any other type.
+macro_rules! on_float {
+    ($op:expr, $storage:expr, $x:ident => $call:expr) => {{
+        use candle_core::CpuStorage as C;
+        match $storage {
+            C::F32($x) => $call,
+            C::F64($x) => $call,
+            C::F16($x) => $call,
+            C::BF16($x) => $call,
+            other => {
+                candle_core::bail!(
+                    "{}: no kernel for {:?}",
+                    $op,
+                    candle_core::backend::BackendStorage::dtype(other)
+                )
+            }
+        }
+    }};
+}
+pub(crate) use on_float;

@@ -14,11 +14,10 @@
 //! `(1 − ε)·(−log p_{y_i}) + ε·mean_c(−log p_c) = lse_i − (1 − ε)·z_{i,y_i} − ε·mean_c z_{i,c}`, and
 //! the gradient of the batch mean is `(p − (1 − ε)·onehot(y) − ε/C) / batch` per row.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu::{Acc, Elem, slice};
+use super::cpu::{Acc, Elem, on_float, slice};
 
 const NAME: &str = "cross_entropy";
 
@@ -121,13 +120,7 @@ impl CustomOp2 for Loss {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let labels = checked_labels(s2, l2, l1.dims()[1])?;
-        match s1 {
-            CpuStorage::F32(z) => self.cpu(z, l1, labels),
-            CpuStorage::F64(z) => self.cpu(z, l1, labels),
-            CpuStorage::F16(z) => self.cpu(z, l1, labels),
-            CpuStorage::BF16(z) => self.cpu(z, l1, labels),
-            other => bail!("{NAME}: no kernel for {:?} logits", other.dtype()),
-        }
+        on_float!(NAME, s1, z => self.cpu(z, l1, labels))
     }
 
     #[cfg(feature = "cuda")]
@@ -202,14 +195,7 @@ impl CustomOp3 for LossBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let labels = checked_labels(s2, l2, l1.dims()[1])?;
-        let g = (s3, l3);
-        match s1 {
-            CpuStorage::F32(z) => self.cpu(z, l1, labels, g),
-            CpuStorage::F64(z) => self.cpu(z, l1, labels, g),
-            CpuStorage::F16(z) => self.cpu(z, l1, labels, g),
-            CpuStorage::BF16(z) => self.cpu(z, l1, labels, g),
-            other => bail!("{NAME}: no kernel for {:?} logits", other.dtype()),
-        }
+        on_float!(NAME, s1, z => self.cpu(z, l1, labels, (s3, l3)))
     }
 
     #[cfg(feature = "cuda")]

@@ -13,11 +13,10 @@
 
 use std::ops::Range;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu::{Acc, Elem, slice};
+use super::cpu::{Acc, Elem, on_float, slice};
 use super::layer_norm;
 use super::layer_norm::stats;
 
@@ -118,13 +117,7 @@ impl CustomOp1 for Fwd {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(x) => self.cpu(x, l),
-            CpuStorage::F64(x) => self.cpu(x, l),
-            CpuStorage::F16(x) => self.cpu(x, l),
-            CpuStorage::BF16(x) => self.cpu(x, l),
-            other => bail!("{NAME}: no kernel for {:?}", other.dtype()),
-        }
+        on_float!(NAME, s, x => self.cpu(x, l))
     }
 
     #[cfg(feature = "cuda")]
@@ -192,13 +185,7 @@ impl CustomOp2 for Bwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(x) => self.cpu(x, l1, s2, l2),
-            CpuStorage::F64(x) => self.cpu(x, l1, s2, l2),
-            CpuStorage::F16(x) => self.cpu(x, l1, s2, l2),
-            CpuStorage::BF16(x) => self.cpu(x, l1, s2, l2),
-            other => bail!("{NAME}: no kernel for {:?}", other.dtype()),
-        }
+        on_float!(NAME, s1, x => self.cpu(x, l1, s2, l2))
     }
 
     #[cfg(feature = "cuda")]
