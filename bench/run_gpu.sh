@@ -139,18 +139,22 @@ fi
 # profile.md): where the step's time goes, kernel by kernel, and how much of it the host's calls
 # take. The report itself is deleted (too large to carry back).
 if [ "${PROFILE:-0}" = 1 ]; then
-  nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
+  nsys=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | sort -V | tail -n 1)
   if [ -n "$nsys" ]; then
+    # A previous run's report, export or tables must not pass for this one's.
+    rm -f "$out"/profile*
     timeout "${PROFILE_TIMEOUT:-120}" "$nsys" profile --trace cuda --sample none --cpuctxsw none \
       --force-overwrite true -o "$out/profile" "$bin/train_step" --variant B/16 --image-size 224 --batch 64 \
       --device cuda --steps 10 --warmup 3 --methods "${PROFILE_METHOD:-losa_cached}" > "$out/profile.txt" 2>&1 &&
-      timeout 120 "$nsys" stats --report cuda_gpu_kern_sum --report cuda_api_sum --format csv \
-        --output "$out/profile" "$out/profile.nsys-rep" >> "$out/profile.txt" 2>&1
+      timeout "${PROFILE_TIMEOUT:-120}" "$nsys" stats --report cuda_gpu_kern_sum --report cuda_api_sum \
+        --format csv --output "$out/profile" "$out/profile.nsys-rep" >> "$out/profile.txt" 2>&1
     summary+=("profile ${PROFILE_METHOD:-losa_cached}: exit $?")
-    rm -f "$out/profile.nsys-rep" "$out/profile.sqlite"
+    rm -f "$out/profile.nsys-rep" "$out/profile.sqlite" "$out/profile.qdstrm"
+    # The tables, largest first; none (profile.txt then says why) leaves no profile.md.
     for f in "$out"/profile*.csv; do
       [ -f "$f" ] && { echo "$(basename "$f") (the whole train_step run: warm-up, timed and phase-split steps), largest first:"; head -n 26 "$f"; echo; }
-    done > "$out/profile.md"
+    done > "$out/profile.tables"
+    if [ -s "$out/profile.tables" ]; then mv "$out/profile.tables" "$out/profile.md"; else rm -f "$out/profile.tables"; fi
   else
     summary+=("profile: skipped (no nsys on this machine)")
   fi

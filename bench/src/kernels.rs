@@ -51,8 +51,8 @@ enum Op {
     /// The mean over tokens `first..last` of a frozen LayerNorm (f32 scale and shift, as LoSA's
     /// head reads the backbone's final norm), differentiable in x.
     NormPool(usize, usize),
-    /// The training loss over `[batch, classes]` logits with this label smoothing, against fixed
-    /// labels (`ce_labels`).
+    /// The training loss over `[batch, classes]` logits with this label smoothing; its labels
+    /// follow the logits among the inputs ([`Op::labels`]).
     CrossEntropy(f64),
 }
 
@@ -176,6 +176,15 @@ impl Op {
         })
     }
 
+    /// The inputs that are not floats, after those of [`Op::inputs`] (cast with them): the class
+    /// labels of `CrossEntropy` for `[batch, classes]` logits, classes 3, 10, 17, … wrapping
+    /// around.
+    fn labels(self, shape: &[usize]) -> Result<Option<Tensor>> {
+        let Op::CrossEntropy(_) = self else { return Ok(None) };
+        let labels: Vec<u32> = (0..shape[0]).map(|i| ((i * 7 + 3) % shape[1]) as u32).collect();
+        Tensor::new(labels, &Device::Cpu).map(Some)
+    }
+
     /// The shape of the op's output for inputs of `shape`.
     fn output_shape(self, shape: &[usize]) -> Vec<usize> {
         match self {
@@ -197,7 +206,7 @@ impl Op {
         match self {
             Op::Residual | Op::LowRank(..) | Op::NormDown(..) | Op::NormGrads(..) => 0,
             Op::Side(_) => inputs - 1,
-            Op::NormPool(..) => 1,
+            Op::NormPool(..) | Op::CrossEntropy(_) => 1,
             _ => inputs,
         }
     }
@@ -276,7 +285,7 @@ impl Op {
                 let (w, b) = (Self::head_dtype(&t[1])?, Self::head_dtype(&t[2])?);
                 ops::layer_norm_pool(&t[0], &w, &b, 1e-6, first..last)
             }
-            Op::CrossEntropy(smoothing) => ops::cross_entropy(&t[0], &ce_labels(&t[0])?, smoothing),
+            Op::CrossEntropy(smoothing) => ops::cross_entropy(&t[0], &t[1], smoothing),
         }
     }
 
@@ -340,7 +349,7 @@ impl Op {
             // The composition the training loss was before the fused op.
             Op::CrossEntropy(smoothing) => {
                 let logp = candle_nn::ops::log_softmax(&t[0], D::Minus1)?;
-                let picked = logp.gather(&ce_labels(&t[0])?.unsqueeze(1)?, 1)?.squeeze(1)?;
+                let picked = logp.gather(&t[1].unsqueeze(1)?, 1)?.squeeze(1)?;
                 let nll = picked.neg()?.mean_all()?;
                 let uniform = logp.mean(D::Minus1)?.neg()?.mean_all()?;
                 (nll * (1.0 - smoothing))? + (uniform * smoothing)?
@@ -373,13 +382,6 @@ impl Op {
             }
         }
     }
-}
-
-/// The labels of `CrossEntropy` for `[batch, classes]` logits: every class in turn, on their device.
-fn ce_labels(logits: &Tensor) -> Result<Tensor> {
-    let (batch, classes) = logits.dims2()?;
-    let labels: Vec<u32> = (0..batch).map(|i| ((i * 7 + 3) % classes) as u32).collect();
-    Tensor::new(labels, logits.device())
 }
 
 /// The LayerNorm from candle primitives.
@@ -653,8 +655,9 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
             &[DType::F32, DType::BF16, DType::F16, DType::F64]
         };
         for &dtype in dtypes {
-            let inputs: Vec<Tensor> =
+            let mut inputs: Vec<Tensor> =
                 op.inputs(shape)?.iter().map(|t| t.to_dtype(dtype)).collect::<Result<_>>()?;
+            inputs.extend(op.labels(shape)?);
             let probe = seeded_normal(op.output_shape(shape), 1.0, 9, &Device::Cpu)?.to_dtype(dtype)?;
             let trainable = op.trainable(inputs.len());
             let (cpu_sink, sink) = (ops::GradSink::new(&Device::Cpu)?, ops::GradSink::new(device)?);
@@ -681,11 +684,12 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
     println!("|---|---|---|---:|---:|---:|");
     for (op, shape) in &cases {
         for dtype in [DType::F32, DType::BF16] {
-            let inputs: Vec<Tensor> = op
+            let mut inputs: Vec<Tensor> = op
                 .inputs(shape)?
                 .iter()
                 .map(|t| t.to_dtype(dtype)?.to_device(device))
                 .collect::<Result<_>>()?;
+            inputs.extend(op.labels(shape)?.map(|l| l.to_device(device)).transpose()?);
             let probe = seeded_normal(op.output_shape(shape), 1.0, 9, &Device::Cpu)?
                 .to_dtype(dtype)?
                 .to_device(device)?;

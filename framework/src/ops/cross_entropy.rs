@@ -22,7 +22,7 @@ use super::cpu::{Acc, Elem, on_float, slice};
 const NAME: &str = "cross_entropy";
 
 /// The mean over the batch of the cross-entropy of `logits` `[batch, classes]` (f32, f64, f16 or
-/// bf16) against `labels` `[batch]` (class indices, cast to u32), with label smoothing
+/// bf16) against `labels` `[batch]` (class indices: u8, u32 or i64), with label smoothing
 /// `smoothing` in `[0, 1]` as PyTorch defines it: a scalar in the logits' dtype, computed in f32
 /// (f64 for f64), differentiable in the logits. A label out of range is an error on the CPU; on
 /// CUDA, where checking would wait for the device, it makes the loss NaN (which a run records as
@@ -42,8 +42,25 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result
     if !(0.0..=1.0).contains(&smoothing) {
         bail!("{NAME}: label smoothing {smoothing} outside [0, 1]");
     }
-    let labels = labels.to_dtype(DType::U32)?.contiguous()?;
+    let labels = class_indices(labels)?;
     logits.contiguous()?.apply_op2(&labels, Loss { smoothing })
+}
+
+/// `labels` as the u32 indices the kernels read; floats are refused, and on the CPU a negative
+/// i64 label is an error naming it (on CUDA it wraps to an index out of range, so a NaN loss).
+fn class_indices(labels: &Tensor) -> Result<Tensor> {
+    match labels.dtype() {
+        DType::U8 | DType::U32 => {}
+        DType::I64 if labels.device().is_cpu() => {
+            let values: Vec<i64> = labels.to_vec1()?;
+            if let Some((row, label)) = values.iter().enumerate().find(|(_, l)| **l < 0) {
+                bail!("{NAME}: label {label} of row {row} is negative");
+            }
+        }
+        DType::I64 => {}
+        other => bail!("{NAME}: labels must be class indices (u8, u32 or i64), not {other:?}"),
+    }
+    labels.to_dtype(DType::U32)?.contiguous()
 }
 
 #[derive(Clone, Copy)]
@@ -51,16 +68,14 @@ struct Loss {
     smoothing: f64,
 }
 
-/// One row's `(max, Σ exp(z − max), mean z)`, with each `exp(z − max)` in `e` (so that the
-/// backward computes each exponential once).
-fn row_stats<T: Elem>(z: &[T], e: &mut Vec<T::A>) -> (T::A, T::A, T::A) {
+/// One row's `(max, Σ exp(z − max))`, with each `exp(z − max)` in `e` (so that the backward
+/// computes each exponential once).
+fn row_stats<T: Elem>(z: &[T], e: &mut Vec<T::A>) -> (T::A, T::A) {
     let first = z.first().map_or(T::A::ZERO, |v| v.load());
     let max = z.iter().map(|v| v.load()).fold(first, |m, v| if v > m { v } else { m });
     e.clear();
     e.extend(z.iter().map(|v| (v.load() - max).exp()));
-    let sum = e.iter().fold(T::A::ZERO, |s, &v| s + v);
-    let total = z.iter().fold(T::A::ZERO, |s, v| s + v.load());
-    (max, sum, total / T::A::of(z.len() as f64))
+    (max, e.iter().fold(T::A::ZERO, |s, &v| s + v))
 }
 
 /// `w·v`, or 0 where `w` is: a term with no weight drops out even where `v` is infinite (a logit
@@ -95,8 +110,11 @@ impl Loss {
             .zip(labels.par_iter())
             .with_min_len(min_rows(classes))
             .map_init(Vec::new, |e, (z, &y)| {
-                let (max, sum, mean) = row_stats(z, e);
-                max + sum.ln() - weighted(keep, z[y as usize].load()) - weighted(spread, mean)
+                let (max, sum) = row_stats(z, e);
+                // lse − (1 − ε)·z_y − ε·mean z with the max taken out of each term (keep + spread
+                // is 1), so that large logits do not cancel.
+                let gap = z.iter().fold(T::A::ZERO, |s, v| s + (max - v.load())) / T::A::of(classes as f64);
+                sum.ln() + weighted(keep, max - z[y as usize].load()) + weighted(spread, gap)
             })
             .collect();
         // Summed in row order (the kernel sums each warp's rows, then the warps', also in a fixed
@@ -168,7 +186,7 @@ impl LossBwd {
         let rows = dz.par_chunks_mut(classes).zip(z.par_chunks(classes)).zip(labels.par_iter());
         let rows = rows.with_min_len(min_rows(classes));
         rows.for_each_init(Vec::new, |e, ((dz, z), &y)| {
-            let (_, sum, _) = row_stats(z, e);
+            let (_, sum) = row_stats(z, e);
             let inv = T::A::of(1.0) / sum;
             for (c, (dz, &e)) in dz.iter_mut().zip(e.iter()).enumerate() {
                 let p = e * inv;

@@ -72,6 +72,26 @@ fn labels_of_any_integer_dtype_are_class_indices() {
         let other = cross_entropy(&logits, &labels.to_dtype(dtype).unwrap(), 0.1).unwrap();
         assert_eq!(other.to_scalar::<f64>().unwrap(), want, "{dtype:?}");
     }
+    // Negative labels are named as given, not as the u32 they would wrap to; floats are refused.
+    let mut negative: Vec<i64> = labels.to_dtype(DType::I64).unwrap().to_vec1().unwrap();
+    negative[4] = -1;
+    let negative = Tensor::new(negative, &Device::Cpu).unwrap();
+    let msg = cross_entropy(&logits, &negative, 0.1).unwrap_err().to_string();
+    assert!(msg.contains("label -1 of row 4 is negative"), "{msg}");
+    let msg = cross_entropy(&logits, &labels.to_dtype(DType::F32).unwrap(), 0.1).unwrap_err().to_string();
+    assert!(msg.contains("labels must be class indices") && msg.contains("F32"), "{msg}");
+}
+
+#[test]
+fn large_logits_do_not_cancel() {
+    // Logits around 10⁴ in f32 (an ulp there is 10⁻³): computed as lse − z_y − ε·mean, the loss
+    // would lose about four digits to cancellation; with the max taken out of each term it stays
+    // within a few f32 ulps of the f64 loss of the same (rounded) logits.
+    let (logits, labels) = inputs();
+    let large = (logits + 1e4).unwrap().to_dtype(DType::F32).unwrap();
+    let (want, _) = reference(&large.to_dtype(DType::F64).unwrap(), &labels, 0.1);
+    let got = cross_entropy(&large, &labels, 0.1).unwrap().to_scalar::<f32>().unwrap();
+    assert!((f64::from(got) - want).abs() <= 1e-6 * want, "{got} vs {want}");
 }
 
 #[test]

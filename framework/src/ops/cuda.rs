@@ -744,7 +744,9 @@ fn ln_down<T: Kern>(
     let dev = &x.0.device;
     let (Ok(d_i), Ok(rank_i), Ok(per_i)) = (i32::try_from(d), i32::try_from(rank), i32::try_from(per_weight))
     else {
-        bail!("layer_norm_down: rows of {d} to rank {rank} is too large for one launch");
+        bail!(
+            "layer_norm_down: {rows} rows of {d} (projections per {per_weight}) to rank {rank} is too large for one launch"
+        );
     };
     let [xv, wv, bv, dv] = [x, w, b, down].map(view::<T>);
     let (xv, wv, bv, dv) = (xv?, wv?, bv?, dv?);
@@ -758,7 +760,7 @@ fn ln_down<T: Kern>(
     args.arg(&bv);
     args.arg(&dv);
     args.arg(&pre);
-    builder_arg!(args, rows as i32, d_i, rank_i, per_i.max(1), eps);
+    builder_arg!(args, rows as i32, d_i, rank_i, per_i, eps);
     // SAFETY: the arguments match `layer_norm_down_<dtype>(const T*, const T*, const T*, const T*,
     // T*, int, int, int, int, double)`; x holds rows·d elements, w and b d, down (rows /
     // per_weight)·rank·d, pre rows·rank (`warp_rows_config` refuses rows past the kernels' 32-bit

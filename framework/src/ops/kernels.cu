@@ -1028,25 +1028,26 @@ __device__ void softmax_bwd(const T *y, const T *g, T *dx, int rows, int d, doub
 }
 
 // w * v, or 0 where w is: a term with no weight drops out even where v is infinite (a logit of
-// -inf without smoothing leaves the loss finite). A label out of range stays NaN either way.
+// -inf without smoothing leaves the loss finite). A label out of range stays NaN either way (the
+// CPU path refuses such labels before, so its version needs no NaN clause).
 template <typename A> __device__ __forceinline__ A weighted(A w, A v) { return w == A(0) && !isnan(v) ? A(0) : w * v; }
 
-// One row of logits by the 32 lanes of a warp: its max, log(sum(exp(z - max))) and mean, which
-// every lane gets.
+// One row of logits by the 32 lanes of a warp: its max, log(sum(exp(z - max))) and mean of
+// (max - z) (small terms, so that logits far from 0 do not cancel), which every lane gets.
 template <typename T, typename A>
-__device__ void logit_stats(const T *z, int classes, int lane, A *max, A *lse, A *mean) {
-  A m = -INFINITY, total = 0;
+__device__ void logit_stats(const T *z, int classes, int lane, A *max, A *lse, A *gap) {
+  A m = -INFINITY;
+  for (int j = lane; j < classes; j += 32) m = max_(m, ld(z[j]));
+  m = warp_max(m);
+  A sum = 0, below = 0;
   for (int j = lane; j < classes; j += 32) {
     const A v = ld(z[j]);
-    m = max_(m, v);
-    total += v;
+    sum += exp_(v - m);
+    below += m - v;
   }
-  m = warp_max(m);
-  A sum = 0;
-  for (int j = lane; j < classes; j += 32) sum += exp_(ld(z[j]) - m);
   *max = m;
   *lse = log_(warp_sum(sum));
-  *mean = warp_sum(total) / A(classes);
+  *gap = warp_sum(below) / A(classes);
 }
 
 // The batch's mean cross-entropy with label smoothing, by one block: warp w takes rows w, w + W,
@@ -1061,11 +1062,12 @@ __device__ void cross_entropy_fwd(const T *z, const uint32_t *labels, T *loss, i
   A acc = 0;
   for (int row = warp; row < rows; row += warps) {
     const T *zr = z + (size_t)row * classes;
-    A m, lse, mean;
-    logit_stats(zr, classes, lane, &m, &lse, &mean);
+    A m, lse, gap;
+    logit_stats(zr, classes, lane, &m, &lse, &gap);
     const uint32_t y = labels[row];
     const A picked = y < (uint32_t)classes ? ld(zr[y]) : A(NAN);
-    acc += m + lse - weighted(A(1.0 - smoothing), picked) - weighted(A(smoothing), mean);
+    // lse - (1 - s) z_y - s mean(z) with the max taken out of each term, so large logits do not cancel.
+    acc += lse + weighted(A(1.0 - smoothing), m - picked) + weighted(A(smoothing), gap);
   }
   if (lane == 0) per_warp[warp] = acc;
   __syncthreads();
@@ -1086,8 +1088,8 @@ __device__ void cross_entropy_bwd(const T *z, const uint32_t *labels, const T *g
   if (row >= rows) return;
   z += (size_t)row * classes;
   dz += (size_t)row * classes;
-  A m, lse, mean;
-  logit_stats(z, classes, lane, &m, &lse, &mean);
+  A m, lse, gap;
+  logit_stats(z, classes, lane, &m, &lse, &gap);
   const uint32_t y = labels[row];
   const A scale = y < (uint32_t)classes ? ld(g[0]) / A(rows) : A(NAN);
   const A spread = A(smoothing / classes), keep = A(1.0 - smoothing);

@@ -14,7 +14,8 @@
 //! a single op with a hand-written backward (see side.rs), which hands its parameters' gradients over
 //! through a `GradSink` (grad_sink.rs); `adamw_update`, the optimiser's step for
 //! many parameters, in place; `layer_norm_down`, a channel mixer's norm and down-projection in
-//! one read of each row (norm_down.rs, inside the side network); `cast_all`, many small tensors cast at once; `layer_norm_pool`, a
+//! one read of each row, and with a projection per image a token mixer's down-projection
+//! gradient (norm_down.rs, inside the side network); `cast_all`, many small tensors cast at once; `layer_norm_pool`, a
 //! head's norm and pooling of a token sequence (norm_pool.rs); `cross_entropy`, the training loss
 //! (cross_entropy.rs); and, inside the
 //! backward passes, one-pass column sums for bias gradients (column_sums.rs).

@@ -13,7 +13,7 @@
 //! (ops/side.rs); composed, it recomputed the normed stream and wrote it out for a batched GEMM.
 
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, D, DType, Layout, Result, Storage, Tensor, bail};
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 
 use super::cpu::{Acc, Elem, slice};
@@ -32,16 +32,15 @@ pub fn layer_norm_down(
     eps: f64,
 ) -> Result<Tensor> {
     let (batch, tokens, d) = h.dims3()?;
-    let per_image = down.rank() == 3;
-    let rank = down.dim(D::Minus2).unwrap_or(0);
-    let fits = if per_image { down.dims() == [batch, rank, d] } else { down.dims() == [rank, d] };
-    if d == 0 || weight.dims() != [d] || bias.dims() != [d] || !fits {
-        bail!(
-            "{NAME}: weight {:?}, bias {:?} and down {:?} do not fit rows of {d}",
-            weight.dims(),
-            bias.dims(),
-            down.dims()
-        );
+    let rows = batch * tokens;
+    // The rows that share a projection: all of them, or an image's tokens.
+    let (rank, per_weight) = match *down.dims() {
+        [rank, dd] if dd == d => (rank, rows),
+        [images, rank, dd] if images == batch && dd == d => (rank, tokens),
+        _ => bail!("{NAME}: down {:?} must be [rank, {d}] or [{batch}, rank, {d}]", down.dims()),
+    };
+    if d == 0 || weight.dims() != [d] || bias.dims() != [d] {
+        bail!("{NAME}: weight {:?} and bias {:?} do not fit rows of {d}", weight.dims(), bias.dims());
     }
     if [weight, bias, down].iter().any(|t| t.dtype() != h.dtype()) {
         bail!("{NAME}: inputs of different dtypes");
@@ -51,7 +50,6 @@ pub fn layer_norm_down(
     }
     let [h, weight, bias, down] = [h, weight, bias, down].map(Tensor::contiguous);
     let (h, weight, bias, down) = (h?, weight?, bias?, down?);
-    let rows = batch * tokens;
     let shape = (batch, tokens, rank);
     if rows == 0 || rank == 0 {
         return Tensor::zeros(shape, h.dtype(), h.device());
@@ -61,19 +59,18 @@ pub fn layer_norm_down(
     let storage = match (&**sh, &**sw, &**sb, &**sd) {
         (Storage::Cpu(sh), Storage::Cpu(sw), Storage::Cpu(sb), Storage::Cpu(sd)) => {
             let inputs = [(sh, *lh), (sw, *lw), (sb, *lb), (sd, *ld)];
-            Storage::Cpu(cpu(inputs, [tokens, d, rank], per_image, eps)?)
+            Storage::Cpu(cpu(inputs, [d, rank, per_weight], eps)?)
         }
         #[cfg(feature = "cuda")]
         (Storage::Cuda(sh), Storage::Cuda(sw), Storage::Cuda(sb), Storage::Cuda(sd)) => {
             let inputs = [(sh, *lh), (sw, *lw), (sb, *lb), (sd, *ld)];
-            let per_weight = if per_image { tokens } else { rows };
             Storage::Cuda(super::cuda::layer_norm_down(inputs, [rows, d, rank, per_weight], eps)?)
         }
         // A device without the kernel composes it.
         _ => {
             drop(storages);
             let normed = layer_norm(&h, &weight, &bias, eps)?;
-            if per_image {
+            if down.rank() == 3 {
                 return normed.matmul(&down.transpose(1, 2)?);
             }
             return normed.reshape((rows, d))?.matmul(&down.t()?)?.reshape(shape);
@@ -84,23 +81,18 @@ pub fn layer_norm_down(
 
 type In<'a> = (&'a CpuStorage, &'a Layout);
 
-/// `dims`: tokens, d, rank; `per_image`: a projection per image of `tokens` rows.
-fn cpu(inputs: [In; 4], dims: [usize; 3], per_image: bool, eps: f64) -> Result<CpuStorage> {
+/// `dims`: d, rank, and the rows that share a projection (consecutive, each run its own).
+fn cpu(inputs: [In; 4], dims: [usize; 3], eps: f64) -> Result<CpuStorage> {
     match candle_core::backend::BackendStorage::dtype(inputs[0].0) {
-        DType::F32 => fwd_cpu::<f32>(inputs, dims, per_image, eps),
-        DType::F64 => fwd_cpu::<f64>(inputs, dims, per_image, eps),
-        DType::F16 => fwd_cpu::<half::f16>(inputs, dims, per_image, eps),
-        DType::BF16 => fwd_cpu::<half::bf16>(inputs, dims, per_image, eps),
+        DType::F32 => fwd_cpu::<f32>(inputs, dims, eps),
+        DType::F64 => fwd_cpu::<f64>(inputs, dims, eps),
+        DType::F16 => fwd_cpu::<half::f16>(inputs, dims, eps),
+        DType::BF16 => fwd_cpu::<half::bf16>(inputs, dims, eps),
         other => bail!("{NAME}: no kernel for {other:?}"),
     }
 }
 
-fn fwd_cpu<T: Elem>(
-    inputs: [In; 4],
-    [tokens, d, rank]: [usize; 3],
-    per_image: bool,
-    eps: f64,
-) -> Result<CpuStorage> {
+fn fwd_cpu<T: Elem>(inputs: [In; 4], [d, rank, per_weight]: [usize; 3], eps: f64) -> Result<CpuStorage> {
     let get = |(s, l): In| -> Result<Vec<T::A>> {
         Ok(slice(s.as_slice::<T>()?, l, NAME)?.iter().map(|v| v.load()).collect())
     };
@@ -112,7 +104,7 @@ fn fwd_cpu<T: Elem>(
     pre.par_chunks_mut(rank).zip(h.par_chunks(d)).enumerate().with_min_len(8).for_each_init(
         || vec![zero; d],
         |x, (row, (pre, h))| {
-            let down = if per_image { &down[row / tokens * rank * d..][..rank * d] } else { &down[..] };
+            let down = &down[row / per_weight * rank * d..][..rank * d];
             let (mean, rstd) = stats(h, eps);
             // The normed row, rounded to T as the norm's output tensor holds it.
             for (((x, h), &w), &b) in x.iter_mut().zip(h).zip(&w).zip(&b) {

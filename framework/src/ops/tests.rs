@@ -505,10 +505,12 @@ fn layer_norm_down_is_the_norm_then_the_projection() {
     }
     let (x, w, b) = ln_inputs();
     let err = layer_norm_down(&x, &w, &b, &normal(&[2, 47], 1.0, 35), 1e-6).unwrap_err().to_string();
-    assert!(err.contains("do not fit"), "{err}");
+    assert!(err.contains("down [2, 47] must be [rank, 48] or [3, rank, 48]"), "{err}");
     // A projection per image needs one for each of the 3 images.
     let err = layer_norm_down(&x, &w, &b, &normal(&[2, 2, 48], 1.0, 35), 1e-6).unwrap_err().to_string();
-    assert!(err.contains("do not fit"), "{err}");
+    assert!(err.contains("down [2, 2, 48] must be"), "{err}");
+    let err = layer_norm_down(&x, &normal(&[47], 1.0, 36), &b, &normal(&[2, 48], 1.0, 35), 1e-6);
+    assert!(err.unwrap_err().to_string().contains("weight [47] and bias [48] do not fit rows of 48"));
     let v = Var::from_tensor(&w).unwrap();
     let err =
         layer_norm_down(&x, v.as_tensor(), &b, &normal(&[2, 48], 1.0, 35), 1e-6).unwrap_err().to_string();
