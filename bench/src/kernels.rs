@@ -37,6 +37,11 @@ enum Op {
     /// unfused: the product written out by candle's matmul first. Output: dx, dw and db
     /// concatenated (one copy on both sides).
     NormGrads(Mixer, usize),
+    /// A channel mixer's backward from its output's gradient up to its down-projection (no
+    /// backward): `dpre` of this rank, masked or not, and the two biases' sums; unfused: the
+    /// GEMM, the mask, the activation's gradient and two column sums. Output: all three
+    /// concatenated, the sums cast to the dtype.
+    UpGrads(usize, bool),
     /// One LoSA side block (`ops::side_network` of one block), a channel then a token mixer of this
     /// rank.
     Side(usize),
@@ -77,6 +82,7 @@ impl Op {
             Op::NormDown(rank, Projection::Shared) => format!("layer_norm_down(rank {rank})"),
             Op::NormDown(rank, Projection::PerImage) => format!("layer_norm_down(rank {rank}, per image)"),
             Op::NormGrads(axis, rank) => format!("layer_norm_grads(low-rank {axis:?}, rank {rank})"),
+            Op::UpGrads(rank, masked) => format!("channel_up_grads(rank {rank}, mask {masked})"),
             Op::Side(rank) => format!("side_network(1 block, rank {rank})"),
             Op::Softmax => "softmax".into(),
             Op::SplitHeads(heads) => format!("split_heads({heads} heads)"),
@@ -148,6 +154,17 @@ impl Op {
                     seeded_normal(shape, 1.0, 3, &cpu)?,
                 ]
             }
+            Op::UpGrads(rank, _) => {
+                let rows = [shape[0], shape[1], rank];
+                let keep = seeded_normal(&rows, 1.0, 7, &cpu)?.ge(0.0)?.to_dtype(DType::F64)?;
+                vec![
+                    x,
+                    seeded_normal(&[d, rank], 0.2, 2, &cpu)?,
+                    seeded_normal(&rows, 1.0, 3, &cpu)?,
+                    seeded_normal(rank, 0.5, 4, &cpu)?,
+                    (keep * 2.0)?,
+                ]
+            }
             Op::Softmax => vec![(x * 4.0)?],
             Op::CrossEntropy(_) => vec![(x * 2.0)?],
             Op::SplitHeads(_) => vec![x, seeded_normal(d, 0.5, 2, &cpu)?],
@@ -196,6 +213,7 @@ impl Op {
             Op::NormPool(..) => vec![shape[0], shape[2]],
             Op::NormDown(rank, _) => vec![shape[0], shape[1], rank],
             Op::NormGrads(..) => vec![shape.iter().product::<usize>() + 2 * shape[2]],
+            Op::UpGrads(rank, _) => vec![shape[0] * shape[1] * rank + rank + shape[2]],
             Op::CrossEntropy(_) => vec![],
             _ => shape.to_vec(),
         }
@@ -204,7 +222,7 @@ impl Op {
     /// How many leading inputs get a gradient.
     fn trainable(self, inputs: usize) -> usize {
         match self {
-            Op::Residual | Op::LowRank(..) | Op::NormDown(..) | Op::NormGrads(..) => 0,
+            Op::Residual | Op::LowRank(..) | Op::NormDown(..) | Op::NormGrads(..) | Op::UpGrads(..) => 0,
             Op::Side(_) => inputs - 1,
             Op::NormPool(..) | Op::CrossEntropy(_) => 1,
             _ => inputs,
@@ -216,7 +234,7 @@ impl Op {
         let grads: Vec<&str> = match self {
             Op::LayerNorm => vec!["dx", "dweight", "dbias"],
             Op::BiasGelu(_) => vec!["dx", "dbias"],
-            Op::Residual | Op::LowRank(..) | Op::NormDown(..) | Op::NormGrads(..) => vec![],
+            Op::Residual | Op::LowRank(..) | Op::NormDown(..) | Op::NormGrads(..) | Op::UpGrads(..) => vec![],
             Op::Softmax => vec!["dx"],
             Op::SplitHeads(_) => vec!["dx", "dbias"],
             Op::MergeHeads | Op::NormPool(..) | Op::CrossEntropy(_) => vec!["dx"],
@@ -272,6 +290,7 @@ impl Op {
                 let dx = ops::LowRank { axis, weight: &down_t, act: &t[3] };
                 Self::norm_grads(&t[0], &t[1], dx.into(), &t[4])
             }
+            Op::UpGrads(_, masked) => Self::up_grads(t, masked, ops::channel_up_grads),
             Op::Side(_) => {
                 let last = t.len() - 1;
                 let block = ops::SideBlock { features: t[last].clone(), mixers: Self::mixes(&t[1..last]) };
@@ -293,6 +312,18 @@ impl Op {
     fn norm_grads(x: &Tensor, w: &Tensor, grad: ops::Operand<'_>, add: &Tensor) -> Result<Tensor> {
         let (dx, dw, db) = ops::layer_norm_grads(x, w, grad, Some(add), 1e-6)?;
         Tensor::cat(&[dx.flatten_all()?, dw.to_dtype(dx.dtype())?, db.to_dtype(dx.dtype())?], 0)
+    }
+
+    /// `UpGrads`' output from `f` (the op or its composition) on its inputs: `dpre` and the sums,
+    /// concatenated.
+    fn up_grads(t: &[Tensor], masked: bool, f: UpGradsFn) -> Result<Tensor> {
+        let (rows, rank) = (t[0].dim(0)? * t[0].dim(1)?, t[3].dim(0)?);
+        let two = |t: &Tensor, cols: usize| t.reshape((rows, cols));
+        let mask = masked.then(|| two(&t[4], rank)).transpose()?;
+        let g = f(&two(&t[0], t[0].dim(2)?)?, &t[1], &two(&t[2], rank)?, &t[3], mask.as_ref(), true, true)?;
+        let sums = [g.down_bias, g.up_bias].map(|s| s.expect("asked for").to_dtype(g.dpre.dtype()));
+        let [down_bias, up_bias] = sums;
+        Tensor::cat(&[g.dpre.flatten_all()?, down_bias?, up_bias?], 0)
     }
 
     /// A head's parameter for `NormPool`: f32 (f64 in an f64 check), so that the op's kernels
@@ -335,6 +366,7 @@ impl Op {
                 };
                 Self::norm_grads(&t[0], &t[1], (&dx).into(), &t[4])
             }
+            Op::UpGrads(_, masked) => Self::up_grads(t, masked, ops::channel_up_grads_composed),
             Op::Softmax => candle_nn::ops::softmax(&(&t[0] * 0.125)?, D::Minus1),
             Op::SplitHeads(heads) => {
                 let (b, n, w3) = t[0].dims3()?;
@@ -383,6 +415,9 @@ impl Op {
         }
     }
 }
+
+/// [`ops::channel_up_grads`] or its composition.
+type UpGradsFn = fn(&Tensor, &Tensor, &Tensor, &Tensor, Option<&Tensor>, bool, bool) -> Result<ops::UpGrads>;
 
 /// The LayerNorm from candle primitives.
 fn layer_norm_unfused(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -616,6 +651,14 @@ fn check_on(device: &Device, runs: usize) -> Result<bool> {
         (Op::NormGrads(Mixer::Channel, 1), vec![4, 197, 192]),
         (Op::NormGrads(Mixer::Token, 3), vec![4, 197, 192]),
         (Op::NormGrads(Mixer::Channel, 3), vec![3, 7, 10]),
+        // A channel mixer's backward up to its down-projection on ViT-B/16 and ViT-Ti; ranks past
+        // a block's chunk of eight; rows of an odd count of vectors; a width of no whole vectors
+        // (composed on the GPU).
+        (Op::UpGrads(8, true), vec![64, 197, 768]),
+        (Op::UpGrads(8, false), vec![64, 197, 192]),
+        (Op::UpGrads(11, true), vec![3, 7, 48]),
+        (Op::UpGrads(8, true), vec![2, 5, 1288]),
+        (Op::UpGrads(3, false), vec![3, 7, 10]),
         (Op::Side(8), vec![64, 197, 768]),
         (Op::Side(8), vec![64, 197, 192]),
         (Op::Side(3), vec![3, 7, 10]),

@@ -38,7 +38,7 @@ fn gelu<A: Acc>(v: A) -> A {
     (A::erf(v * A::of(std::f64::consts::FRAC_1_SQRT_2)) + A::of(1.0)) * A::of(0.5) * v
 }
 
-fn gelu_grad<A: Acc>(v: A) -> A {
+pub(crate) fn gelu_grad<A: Acc>(v: A) -> A {
     A::of(0.5) * (A::of(1.0) + A::erf(v * A::of(std::f64::consts::FRAC_1_SQRT_2)))
         + v * A::exp(A::of(-0.5) * v * v) * A::of(FRAC_1_SQRT_2PI)
 }
@@ -133,12 +133,8 @@ impl CustomOp2 for BiasGelu {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = x.apply_op3_no_bwd(bias, &grad.contiguous()?, &BiasGeluBwd(*self))?;
-        let dbias = if bias.track_op() {
-            Some(super::sum_along(&dx, self.channels, self.inner)?.to_dtype(bias.dtype())?)
-        } else {
-            None
-        };
+        let (dx, dbias) = grads(*self, x, bias, &grad.contiguous()?, None, bias.track_op())?;
+        let dbias = dbias.map(|d| d.to_dtype(bias.dtype())).transpose()?;
         // Only an input that needs it gets a gradient: candle keeps every returned one to the end.
         Ok((x.track_op().then_some(dx), dbias))
     }
@@ -150,6 +146,54 @@ pub(crate) fn bias_gelu_dx(x: &Tensor, bias: &Tensor, grad: &Tensor, dim: usize)
     let dims = x.dims();
     let op = BiasGelu { channels: dims[dim], inner: dims[dim + 1..].iter().product() };
     x.apply_op3_no_bwd(bias, grad, &BiasGeluBwd(op))
+}
+
+/// [`bias_gelu_dx`] of `grad · mask` (if a mask is given, shaped like `grad`) and, with `sum`, the
+/// bias's gradient, `dx` summed along `dim` (in the accumulation dtype): `(dx, dbias)`. On CUDA,
+/// for a bias along a middle dimension (LoSA's token mixer: `[batch, rank, width]`, the bias
+/// along the rank), one launch where the mask's product, the gradient and the sum took three;
+/// elsewhere composed, with the same rounding (the mask's product and `dx` rounded to the dtype,
+/// the sum of the rounded `dx`).
+pub(crate) fn bias_gelu_grads(
+    x: &Tensor,
+    bias: &Tensor,
+    grad: &Tensor,
+    mask: Option<&Tensor>,
+    dim: usize,
+    sum: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let dims = x.dims();
+    grads(BiasGelu { channels: dims[dim], inner: dims[dim + 1..].iter().product() }, x, bias, grad, mask, sum)
+}
+
+/// [`bias_gelu_grads`] for `x` seen as `op` lays it out (its backward's too).
+fn grads(
+    BiasGelu { channels, inner }: BiasGelu,
+    x: &Tensor,
+    bias: &Tensor,
+    grad: &Tensor,
+    mask: Option<&Tensor>,
+    sum: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    #[cfg(feature = "cuda")]
+    if sum && inner > 1 && x.elem_count() > 0 && x.device().is_cuda() {
+        let [x, bias, grad] = [x, bias, grad].map(Tensor::contiguous);
+        let mask = mask.map(Tensor::contiguous).transpose()?;
+        let (dx, dbias) =
+            super::cuda::bias_gelu_bwd_sums([&x?, &bias?, &grad?], mask.as_ref(), [channels, inner])?;
+        return Ok((dx, Some(dbias)));
+    }
+    let grad = match mask {
+        Some(mask) => (grad * mask)?,
+        None => grad.clone(),
+    };
+    let dx = x.contiguous()?.apply_op3_no_bwd(
+        bias,
+        &grad.contiguous()?,
+        &BiasGeluBwd(BiasGelu { channels, inner }),
+    )?;
+    let dbias = sum.then(|| super::sum_along(&dx, channels, inner)).transpose()?;
+    Ok((dx, dbias))
 }
 
 /// `dx = grad · gelu_erf'(x + bias)` from `(x, bias, grad)`.

@@ -43,11 +43,15 @@ pub(crate) fn channel_sums(t: &Tensor, channels: usize, inner: usize) -> Result<
     if outer == 0 {
         return Tensor::zeros(channels, wide, t.device());
     }
-    // Enough (channel, chunk) blocks to keep a GPU busy: about 256.
-    let chunks = 256usize.div_ceil(channels).clamp(1, outer);
-    let per = outer.div_ceil(chunks);
     let t = t.contiguous()?.reshape((outer, channels, inner))?;
-    t.apply_op1_no_bwd(&ChannelSums { per })
+    t.apply_op1_no_bwd(&ChannelSums { per: channel_chunk(outer, channels) })
+}
+
+/// The outer rows per chunk of a channel sum over `outer` rows (at least one): enough (channel,
+/// chunk) blocks to keep a GPU busy, about 256.
+pub(crate) fn channel_chunk(outer: usize, channels: usize) -> usize {
+    let chunks = 256usize.div_ceil(channels.max(1)).clamp(1, outer.max(1));
+    outer.div_ceil(chunks).max(1)
 }
 
 /// The sums `[channels]`: chunk k summing outer rows `k·per ..` of each channel, then the chunks'

@@ -1,6 +1,6 @@
 //! CPU building blocks of the ops: element types with their accumulation type, and dtype dispatch.
 
-use std::ops::{Add, AddAssign, Div, Mul, Sub, SubAssign};
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Sub, SubAssign};
 
 use candle_core::{Layout, Result, WithDType, bail};
 
@@ -14,6 +14,7 @@ pub(crate) trait Acc:
     + Sub<Output = Self>
     + SubAssign
     + Mul<Output = Self>
+    + MulAssign
     + Div<Output = Self>
     + WithDType
 {
@@ -176,3 +177,16 @@ macro_rules! on_float {
     }};
 }
 pub(crate) use on_float;
+
+/// `Σ a·b` in eight interleaved partial sums, so that the loop vectorises.
+pub(crate) fn dot<A: Acc>(a: &[A], b: &[A]) -> A {
+    let mut acc = [A::ZERO; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: A = ca.remainder().iter().zip(cb.remainder()).fold(A::ZERO, |s, (&x, &y)| s + x * y);
+    for (a, b) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
+}

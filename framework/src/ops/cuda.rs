@@ -395,6 +395,136 @@ fn ln_grads<T: Kern>(
     Ok(Some((dx, sums)))
 }
 
+/// Threads per block of `channel_up_grads` at most (kernels.cu's `UP_THREADS`), ranks per block
+/// (`UP_RANKS`).
+const UP_THREADS: usize = 384;
+const UP_RANKS: usize = 8;
+
+/// A channel mixer's backward from `dm` up to its down-projection (ops/up_grads.rs), in one
+/// launch (kernels.cu's `channel_up_grads`): `dpre` and, with `sums`, `[Σ dm (with up_bias) ;
+/// Σ dpre]` in f32. `None` where the kernel does not take the tensors: f32, f16 or bf16, all
+/// contiguous on one device, dm on a 16-byte boundary with rows of whole vectors, a row's
+/// vectors at most `UP_THREADS`. Like the LayerNorm's, the sums' order depends on the card's
+/// multiprocessor count.
+pub(crate) fn channel_up_grads(
+    [dm, up, pre, bd]: [&candle_core::Tensor; 4],
+    mask: Option<&candle_core::Tensor>,
+    sums: bool,
+    up_bias: bool,
+) -> Result<Option<(candle_core::Tensor, Option<candle_core::Tensor>)>> {
+    match dm.dtype() {
+        DType::F32 => up_grads::<f32>([dm, up, pre, bd], mask, sums, up_bias),
+        DType::F16 => up_grads::<half::f16>([dm, up, pre, bd], mask, sums, up_bias),
+        DType::BF16 => up_grads::<half::bf16>([dm, up, pre, bd], mask, sums, up_bias),
+        _ => Ok(None),
+    }
+}
+
+fn up_grads<T: Kern>(
+    [dm, up, pre, bd]: [&candle_core::Tensor; 4],
+    mask: Option<&candle_core::Tensor>,
+    sums: bool,
+    up_bias: bool,
+) -> Result<Option<(candle_core::Tensor, Option<candle_core::Tensor>)>> {
+    use candle_core::{Storage, Tensor, op::BackpropOp};
+    const OP: &str = "channel_up_grads";
+    let (rows, width) = dm.dims2()?;
+    let rank = bd.elem_count();
+    let vectors = width / (VEC_BYTES / std::mem::size_of::<T>());
+    if rows == 0 || rank == 0 || padded::<T>(width) != width || vectors == 0 || vectors > UP_THREADS {
+        return Ok(None);
+    }
+    let mut tensors = vec![dm, up, pre, bd];
+    tensors.extend(mask);
+    let fits =
+        |t: &&Tensor| t.is_contiguous() && t.dtype() == T::DTYPE && t.device().same_device(dm.device());
+    if !tensors.iter().all(fits) {
+        return Ok(None);
+    }
+    let ptrs: Vec<u64> = tensors.iter().map(|t| raw::<T>(t, OP).map(|(p, _)| p)).collect::<Result<_>>()?;
+    if !ptrs[0].is_multiple_of(VEC_BYTES as u64) {
+        return Ok(None);
+    }
+    // The kernel's row indices (and one step of rows past the last) fit an int.
+    let ints = [rows + UP_THREADS, width, rank].map(i32::try_from);
+    let [Ok(_), Ok(width_i), Ok(rank_i)] = ints else {
+        return Ok(None);
+    };
+    let rows_i = rows as i32;
+    let dev = dm.device().as_cuda_device()?;
+    // A warp's worth of lanes per row, and as many groups of rows in flight as fit UP_THREADS.
+    let lanes = vectors.next_multiple_of(32);
+    let groups = (UP_THREADS / lanes).max(1);
+    let chunks = rank.div_ceil(UP_RANKS);
+    // One block per multiprocessor and chunk of ranks, each a run of rows (the partials, one
+    // [width + rank] row per block, are summed by the last block, so not many more).
+    let per = rows.div_ceil(multiprocessors(dev)?).max(1);
+    let blocks = rows.div_ceil(per);
+    let n = if up_bias { width + rank } else { rank };
+    let shared = (2 * groups * lanes + groups * 32 + width) * std::mem::size_of::<f32>();
+    // SAFETY: the kernel writes every element of dpre (each row's `rank` values by warp 0 of the
+    // group that takes the row, in the block whose chunk of ranks holds them), with sums every
+    // element of each block's partial row (Σ dm by chunk 0, Σ dpre by each chunk for its ranks)
+    // and, its last block, all n sums.
+    let (dpre, partial, out) = unsafe {
+        (
+            dev.alloc::<T>(rows * rank)?,
+            dev.alloc::<f32>(if sums { blocks * n } else { 1 })?,
+            dev.alloc::<f32>(n)?,
+        )
+    };
+    poison(dev, &dpre)?;
+    poison(dev, &out)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>(OP), MODULE, PTX)?;
+    let mut args = func.builder();
+    // Without a mask (its flag is 0, never read): pre in its place.
+    builder_arg!(args, ptrs[0], ptrs[1], ptrs[2], ptrs[3], *ptrs.get(4).unwrap_or(&ptrs[2]));
+    args.arg(&dpre);
+    args.arg(&partial);
+    args.arg(&out);
+    let counter = block_counter(dev)?;
+    builder_arg!(
+        args,
+        rows_i,
+        width_i,
+        rank_i,
+        per as i32,
+        mask.is_some() as i32,
+        sums as i32,
+        up_bias as i32,
+        counter
+    );
+    let config = LaunchConfig {
+        grid_dim: (blocks as u32, chunks as u32, 1),
+        block_dim: (lanes as u32, groups as u32, 1),
+        shared_mem_bytes: shared as u32,
+    };
+    // SAFETY: the arguments match `channel_up_grads_<dtype>(const T*, const T*, const T*, const
+    // T*, const T*, T*, float*, float*, int, int, int, int, int, int, int, unsigned int*)`; dm
+    // holds rows·width elements, up width·rank, pre, mask (read only when flagged) and dpre
+    // rows·rank, bd rank, partial blocks·n (read and written only with sums), out n, the counter
+    // one zeroed u32; the block has at most UP_THREADS threads (the kernel's launch bound), and
+    // the dynamic shared memory holds its 2·groups·lanes + 32·groups + width floats (at most
+    // 2·384 + 32·12 + 3072: 17 KB).
+    unsafe { args.launch(config) }.w()?;
+    let wrap = |storage| Storage::Cuda(storage);
+    let dpre = Tensor::from_storage(
+        wrap(CudaStorage::wrap_cuda_slice(dpre, dev.clone())),
+        (rows, rank),
+        BackpropOp::none(),
+        false,
+    );
+    let out = sums.then(|| {
+        Tensor::from_storage(
+            wrap(CudaStorage::wrap_cuda_slice(out, dev.clone())),
+            n,
+            BackpropOp::none(),
+            false,
+        )
+    });
+    Ok(Some((dpre, out)))
+}
+
 /// kernels.cu's `LowRankOf<T>`: a low-rank operand for a kernel to compute where it reads it,
 /// element (b, t, j) = Σ_r p[b·pb + t·pt + r·pr] · q[b·qb + r·qr + j].
 #[repr(C)]
@@ -592,6 +722,76 @@ fn bg_bwd<T: Kern>(x: In, b: In, g: In, channels: usize, inner: usize) -> Result
         unsafe { args.launch(flat_config(n)) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), shape))
+}
+
+/// `bias_gelu_bwd` along a middle dimension (x viewed as `[outer, channels, inner]`; the
+/// gradient and the mask, if any, shaped like x; all contiguous, of one dtype, on x's device)
+/// with the gradient masked first, and the bias's gradient summed in the same launch (chunks of
+/// outer rows as `channel_sums`', then the chunks in order): `(dx, sums)`, the sums
+/// `[channels]` in the accumulation type.
+pub(crate) fn bias_gelu_bwd_sums(
+    [x, b, g]: [&candle_core::Tensor; 3],
+    mask: Option<&candle_core::Tensor>,
+    [channels, inner]: [usize; 2],
+) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+    by_dtype!(x.dtype(), bg_bwd_sums([x, b, g], mask, [channels, inner]))
+}
+
+fn bg_bwd_sums<T: Kern>(
+    [x, b, g]: [&candle_core::Tensor; 3],
+    mask: Option<&candle_core::Tensor>,
+    [channels, inner]: [usize; 2],
+) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+    use candle_core::{Storage, Tensor, op::BackpropOp};
+    const OP: &str = "bias_gelu backward";
+    let el = x.elem_count();
+    let outer = el / (channels * inner).max(1);
+    let per = super::column_sums::channel_chunk(outer, channels);
+    let chunks = outer.div_ceil(per);
+    let mut tensors = vec![x, b, g];
+    tensors.extend(mask);
+    for t in &tensors {
+        if t.dtype() != T::DTYPE || !t.is_contiguous() || !t.device().same_device(x.device()) {
+            bail!("{OP}: inputs of different dtypes or devices, or not contiguous");
+        }
+    }
+    if g.dims() != x.dims() || mask.is_some_and(|m| m.dims() != x.dims()) || b.elem_count() != channels {
+        bail!("{OP}: the gradient {:?} and mask must be shaped like x {:?}", g.dims(), x.dims());
+    }
+    let ints = [outer, channels, inner, per].map(i32::try_from);
+    let [Ok(outer_i), Ok(channels_i), Ok(inner_i), Ok(per_i)] = ints else {
+        bail!("{OP}: [{outer}, {channels}, {inner}] is too large for one launch");
+    };
+    let ptrs: Vec<u64> = tensors.iter().map(|t| raw::<T>(t, OP).map(|(p, _)| p)).collect::<Result<_>>()?;
+    let dev = x.device().as_cuda_device()?;
+    // SAFETY: block (c, k) writes every element of channel c in outer rows k·per .. (k + 1)·per
+    // of dx and element c of row k of partial; the grid covers every channel and all `chunks`
+    // rows, and the last block to finish writes all channels' sums.
+    let (dx, partial, sums) =
+        unsafe { (dev.alloc::<T>(el)?, dev.alloc::<T::A>(chunks * channels)?, dev.alloc::<T::A>(channels)?) };
+    poison(dev, &dx)?;
+    poison(dev, &sums)?;
+    let func = dev.get_or_load_custom_func(&kernel::<T>("bias_gelu_bwd_sums"), MODULE, PTX)?;
+    let mut args = func.builder();
+    // Without a mask (its flag is 0, never read): g in its place.
+    builder_arg!(args, ptrs[0], ptrs[1], ptrs[2], *ptrs.get(3).unwrap_or(&ptrs[2]));
+    args.arg(&dx);
+    args.arg(&partial);
+    args.arg(&sums);
+    builder_arg!(args, outer_i, channels_i, inner_i, per_i, mask.is_some() as i32, block_counter(dev)?);
+    let config = LaunchConfig {
+        grid_dim: (channels as u32, chunks as u32, 1),
+        block_dim: (BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match `bias_gelu_bwd_sums_<dtype>(const T*, const T*, const T*, const
+    // T*, T*, A*, A*, int, int, int, int, int, unsigned int*)`; x, g, mask (read only when
+    // flagged) and dx hold outer·channels·inner elements, bias channels, partial chunks·channels,
+    // sums channels, the counter one zeroed u32.
+    unsafe { args.launch(config) }.w()?;
+    let wrap = |s, shape: Shape| Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false);
+    let dx = wrap(CudaStorage::wrap_cuda_slice(dx, dev.clone()), x.shape().clone());
+    Ok((dx, wrap(CudaStorage::wrap_cuda_slice(sums, dev.clone()), Shape::from(channels))))
 }
 
 /// `a + m − minus + plus + bias`; `terms`: minus, plus and bias, each optional.

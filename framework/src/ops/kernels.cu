@@ -76,6 +76,10 @@ __device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
 template <typename A> __device__ __forceinline__ A gelu_(A v) {
   return A(0.5) * v * (A(1) + erf_(v * A(0.70710678118654752440)));
 }
+// gelu_erf'(v) = (1 + erf(v/√2))/2 + v e^(-v²/2)/√(2π).
+template <typename A> __device__ __forceinline__ A gelu_grad_(A v) {
+  return A(0.5) * (A(1) + erf_(v * A(0.70710678118654752440))) + v * exp_(A(-0.5) * v * v) * A(0.39894228040143267794);
+}
 __device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
 
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
@@ -605,7 +609,7 @@ __device__ void bias_gelu_fwd(const T *x, const T *bias, T *y, uint64_t n, FastD
   }
 }
 
-// dx = g * gelu_erf'(x + bias), gelu_erf'(v) = (1 + erf(v/√2))/2 + v e^(-v²/2)/√(2π).
+// dx = g * gelu_erf'(x + bias).
 template <typename T>
 __device__ void bias_gelu_bwd(const T *x, const T *bias, const T *g, T *dx, uint64_t n, FastDiv channels,
                               FastDiv inner) {
@@ -614,10 +618,38 @@ __device__ void bias_gelu_bwd(const T *x, const T *bias, const T *g, T *dx, uint
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)gridDim.x * blockDim.x) {
     const A v = ld(x[i]) + ld(bias[channel_of(i, inner, channels, fast)]);
-    const A dg = A(0.5) * (A(1) + erf_(v * A(0.70710678118654752440))) +
-                 v * exp_(A(-0.5) * v * v) * A(0.39894228040143267794);
-    st(&dx[i], ld(g[i]) * dg);
+    st(&dx[i], ld(g[i]) * gelu_grad_(v));
   }
+}
+
+// bias_gelu_bwd along a middle dimension with the bias's gradient in the same launch (LoSA's
+// token mixer, whose pre-activation is [batch, rank, width] with its bias along the rank): x
+// viewed as [outer, channels, inner], dx = (g · mask, rounded to T as the mask's product was)
+// · gelu_erf'(x + bias[c]) (the mask read only with has_mask) and sums[c] = Σ dx over outer and
+// inner (the rounded values, as a sum of dx reads them): block (c, k) takes outer rows k·per ..
+// of channel c, as channel_sums, into partial[k][c]; the last block sums the chunks in order.
+// 1-D blocks of a multiple of 32 threads.
+template <typename T>
+__device__ void bias_gelu_bwd_sums(const T *x, const T *bias, const T *g, const T *mask, T *dx,
+                                   typename Acc<T>::type *partial, typename Acc<T>::type *sums, int outer,
+                                   int channels, int inner, int per, int has_mask, unsigned int *counter) {
+  typedef typename Acc<T>::type A;
+  __shared__ A buf[32];
+  const int c = blockIdx.x, o0 = blockIdx.y * per, o1 = min(outer, o0 + per);
+  const A b = ld(bias[c]);
+  A s = 0;
+  for (int o = o0; o < o1; ++o) {
+    const size_t row = ((size_t)o * channels + c) * inner;
+    for (int i = threadIdx.x; i < inner; i += blockDim.x) {
+      const A up = has_mask ? rounded<T>(ld(g[row + i]) * ld(mask[row + i])) : ld(g[row + i]);
+      const A d = rounded<T>(up * gelu_grad_(ld(x[row + i]) + b));
+      st(&dx[row + i], d);
+      s += d;
+    }
+  }
+  s = block_sum(s, buf);
+  if (threadIdx.x == 0) partial[(size_t)blockIdx.y * channels + c] = s;
+  finish_partials(partial, sums, gridDim.y, channels, counter);
 }
 
 // out = a + m - minus + plus + bias[i % d]; `minus`, `plus` and `bias` are read only when their
@@ -724,6 +756,132 @@ __device__ void low_rank_residual(const T *a, const T *w, const T *act, const T 
     if (has_bias) s += ld(bias[j]);
     st(&out[i], s);
   }
+}
+
+// A channel mixer's backward from dm, the gradient at its output, up to its down-projection
+// (ops/up_grads.rs). For each row r of dm [rows, W] (contiguous, 16-byte aligned, W whole vectors):
+//   dpre[r, j] = gelu'(pre[r, j] + bd[j]) · mask[r, j] · Σ_c dm[r, c] up[c, j]      (j < rank)
+// (the mask read only with has_mask) and, with has_sums, Σ_r dpre[r, j] (before rounding) and,
+// with has_bu, Σ_r dm[r, c]: block x writes partial[x] = [Σ dm (W, with has_bu) ; Σ dpre (rank)]
+// over its rows, and the last block sums the partials in block order into sums. Composed this
+// was a GEMM, the mask's product, the activation's gradient and two column sums: dm read three
+// times and four more launches.
+// Layout: threadIdx.x is a vector of V columns (blockDim.x is the row's nv vectors rounded up to
+// a warp; lanes past nv hold zeros), threadIdx.y one of blockDim.y groups of rows in flight,
+// blockIdx.y a chunk of UP_RANKS ranks (this thread's columns of up for them held in registers),
+// blockIdx.x a run of `per` rows. Each group takes UP_ROWS rows at a time, so that a lane's
+// UP_ROWS × UP_RANKS partial dot products (32) are summed over its warp by a reduce-scatter
+// (31 shuffles, after which lane l holds the warp's sum of product l: row l / UP_RANKS, rank
+// l % UP_RANKS), then over the row's warps in warp order in shared memory by warp 0. Dynamic
+// shared memory: 2 blockDim.y warps 32 + blockDim.y 32 + W floats.
+#define UP_RANKS 8
+#define UP_ROWS 4
+template <typename T>
+__device__ void channel_up_grads(const T *dm, const T *up, const T *pre, const T *bd, const T *mask, T *dpre,
+                                 float *partial, float *sums, int rows, int W, int rank, int per,
+                                 int has_mask, int has_sums, int has_bu, unsigned int *counter) {
+  static_assert(UP_ROWS * UP_RANKS == 32, "one product per lane after the reduce-scatter");
+  typedef float A;
+  constexpr int V = VecOf<T>::n;
+  extern __shared__ __align__(16) float upsh[];
+  const int nv = W / V, v = threadIdx.x, lane = v & 31, warp = v >> 5, warps = blockDim.x >> 5;
+  const int j0 = blockIdx.y * UP_RANKS;
+  const bool mine = v < nv, sum_bu = has_sums && has_bu && blockIdx.y == 0;
+  A wu[V][UP_RANKS];
+#pragma unroll
+  for (int k = 0; k < V; ++k)
+#pragma unroll
+    for (int jj = 0; jj < UP_RANKS; ++jj)
+      wu[k][jj] = mine && j0 + jj < rank ? ld(up[(size_t)(v * V + k) * rank + j0 + jj]) : A(0);
+  A bu[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) bu[k] = A(0);
+  A bd_sum = A(0);  // warp 0's lane l: rank j0 + l % UP_RANKS over the rows l / UP_RANKS it took
+  float *red = upsh, *sbd = upsh + 2 * blockDim.y * warps * 32, *sbu = sbd + blockDim.y * 32;
+  const int r0 = blockIdx.x * per, r1 = min(rows, r0 + per), step = UP_ROWS * blockDim.y;
+  int buf = 0;
+  // Uniform over the block: every thread meets every barrier.
+  for (int first = r0; first < r1; first += step, buf ^= 1) {
+    const int base = first + threadIdx.y * UP_ROWS;
+    typename VecOf<T>::type x[UP_ROWS];
+#pragma unroll
+    for (int g = 0; g < UP_ROWS; ++g) {
+      if (mine && base + g < r1) {
+        x[g] = vload(dm + (size_t)(base + g) * W + v * V);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) st(&x[g].v[k], A(0));
+      }
+    }
+    A part[UP_ROWS * UP_RANKS];
+#pragma unroll
+    for (int g = 0; g < UP_ROWS; ++g) {
+#pragma unroll
+      for (int jj = 0; jj < UP_RANKS; ++jj) part[g * UP_RANKS + jj] = A(0);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const A d = ld(x[g].v[k]);
+        bu[k] += d;
+#pragma unroll
+        for (int jj = 0; jj < UP_RANKS; ++jj) part[g * UP_RANKS + jj] += d * wu[k][jj];
+      }
+    }
+    // Reduce-scatter: at step s a lane keeps the half of its 2s live sums that its bit s selects,
+    // adding its partner's (lane ^ s) copy of the same ones, and sends the other half.
+#pragma unroll
+    for (int s = 16; s >= 1; s >>= 1) {
+      const bool upper = lane & s;
+#pragma unroll
+      for (int i = 0; i < s; ++i) {
+        const A send = upper ? part[i] : part[i + s], keep = upper ? part[i + s] : part[i];
+        part[i] = keep + __shfl_xor_sync(0xffffffffu, send, s);
+      }
+    }
+    // Double-buffered: warp 0 reads this buffer before it meets the next iteration's barrier,
+    // which every warp passes before writing the buffer again.
+    float *slot = red + (buf * blockDim.y + threadIdx.y) * warps * 32;
+    slot[warp * 32 + lane] = part[0];
+    __syncthreads();
+    if (warp == 0) {
+      A da = A(0);
+      for (int w = 0; w < warps; ++w) da += slot[w * 32 + lane];
+      const int r = base + lane / UP_RANKS, j = j0 + lane % UP_RANKS;
+      if (r < r1 && j < rank) {
+        const size_t i = (size_t)r * rank + j;
+        A val = gelu_grad_(ld(pre[i]) + ld(bd[j])) * da;
+        if (has_mask) val *= ld(mask[i]);
+        st(&dpre[i], val);
+        bd_sum += val;
+      }
+    }
+  }
+  if (!has_sums) return;
+  float *row = partial + (size_t)blockIdx.x * ((has_bu ? W : 0) + rank);
+  // Σ dm over the groups in order, through shared memory; the last group writes the partial.
+  if (sum_bu) {
+    for (int y = 0; y < (int)blockDim.y; ++y) {
+      __syncthreads();
+      if ((int)threadIdx.y == y && mine) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const int c = v * V + k;
+          const A s = y > 0 ? bu[k] + sbu[c] : bu[k];
+          if (y + 1 < (int)blockDim.y) sbu[c] = s; else row[c] = s;
+        }
+      }
+    }
+  }
+  // Σ dpre over the groups, then over each group's rows, in order.
+  if (warp == 0) sbd[threadIdx.y * 32 + lane] = bd_sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && v < UP_RANKS && j0 + v < rank) {
+    A s = A(0);
+    for (int y = 0; y < (int)blockDim.y; ++y)
+#pragma unroll
+      for (int g = 0; g < UP_ROWS; ++g) s += sbd[y * 32 + g * UP_RANKS + v];
+    row[(has_bu ? W : 0) + j0 + v] = s;
+  }
+  finish_partials(partial, sums, gridDim.x, (has_bu ? W : 0) + rank, counter);
 }
 
 // Multi-tensor kernels (ops/cast.rs, ops/adamw.rs): the device pointers of up to MANY tensors
@@ -1183,6 +1341,14 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
                                                uint64_t n, FastDiv channels, FastDiv inner) {      \
     bias_gelu_bwd<T>(x, bias, g, dx, n, channels, inner);                                          \
   }                                                                                                \
+  extern "C" __global__ void bias_gelu_bwd_sums_##S(const T *x, const T *bias, const T *g,         \
+                                                    const T *mask, T *dx, Acc<T>::type *partial,   \
+                                                    Acc<T>::type *sums, int outer, int channels,   \
+                                                    int inner, int per, int has_mask,              \
+                                                    unsigned int *counter) {                       \
+    bias_gelu_bwd_sums<T>(x, bias, g, mask, dx, partial, sums, outer, channels, inner, per,        \
+                          has_mask, counter);                                                      \
+  }                                                                                                \
   extern "C" __global__ void residual_fwd_##S(const T *a, const T *m, const T *minus,              \
                                               const T *plus, const T *bias, T *out, uint64_t n,    \
                                               FastDiv d, int has_minus, int has_plus,              \
@@ -1255,6 +1421,22 @@ __device__ void split_heads(const T *src, const T *bias, T *dst, uint64_t n, Fas
 NORM_POOL(float, f32)
 NORM_POOL(__half, f16)
 NORM_POOL(__nv_bfloat16, bf16)
+
+// A channel mixer's backward up to its down-projection: f32, f16 and bf16 (vector loads of dm).
+// At most UP_THREADS threads a block, and room for their registers (about 150 each).
+#define UP_THREADS 384
+#define UP_GRADS(T, S)                                                                             \
+  extern "C" __global__ void __launch_bounds__(UP_THREADS, 1)                                      \
+      channel_up_grads_##S(const T *dm, const T *up, const T *pre, const T *bd, const T *mask,     \
+                           T *dpre, float *partial, float *sums, int rows, int W, int rank,        \
+                           int per, int has_mask, int has_sums, int has_bu,                       \
+                           unsigned int *counter) {                                                \
+    channel_up_grads<T>(dm, up, pre, bd, mask, dpre, partial, sums, rows, W, rank, per, has_mask,  \
+                        has_sums, has_bu, counter);                                                \
+  }
+UP_GRADS(float, f32)
+UP_GRADS(__half, f16)
+UP_GRADS(__nv_bfloat16, bf16)
 
 LOSA_OPS(float, f32)
 LOSA_OPS(double, f64)

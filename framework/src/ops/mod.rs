@@ -53,6 +53,9 @@ mod side_tests;
 mod softmax;
 #[cfg(test)]
 mod tests;
+mod up_grads;
+#[cfg(test)]
+mod up_grads_tests;
 
 pub use adamw::{AdamWParam, AdamWStep, adamw_update};
 pub use bias_gelu::bias_gelu;
@@ -69,6 +72,7 @@ pub use norm_pool::layer_norm_pool;
 pub use residual::{Terms, bias_residual, residual};
 pub use side::{LowRankMix, SideBlock, side_network};
 pub use softmax::softmax;
+pub use up_grads::{UpGrads, channel_up_grads, channel_up_grads_composed};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -16,7 +16,7 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::cpu::{Acc, Elem, slice};
+use super::cpu::{Acc, Elem, dot, slice};
 use super::layer_norm::{layer_norm, stats};
 
 const NAME: &str = "layer_norm_down";
@@ -116,17 +116,4 @@ fn fwd_cpu<T: Elem>(inputs: [In; 4], [d, rank, per_weight]: [usize; 3], eps: f64
         },
     );
     Ok(T::to_cpu_storage_owned(pre))
-}
-
-/// `Σ a·b` in eight interleaved partial sums, so that the loop vectorises.
-fn dot<A: Acc>(a: &[A], b: &[A]) -> A {
-    let mut acc = [A::ZERO; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: A = ca.remainder().iter().zip(cb.remainder()).fold(A::ZERO, |s, (&x, &y)| s + x * y);
-    for (a, b) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += a[i] * b[i];
-        }
-    }
-    acc.iter().fold(tail, |s, &v| s + v)
 }

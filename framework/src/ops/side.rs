@@ -13,7 +13,8 @@
 //! products that meet a full-size tensor (the up-projection the residual adds, a channel mixer's
 //! norm and down-projection, and in the backward the gradient at the normed input, which the
 //! norm's backward reads) computed where they are used instead of written out and read back
-//! (low_rank.rs, norm_down.rs) — and one graph node
+//! (low_rank.rs, norm_down.rs), and a channel mixer's gradient at its pre-activation with its
+//! biases' sums from one read of the gradient at its output (up_grads.rs) — and one graph node
 //! with the hand-written backward below carries the gradient to the first block's `y`. Across
 //! blocks the network is one chain of mixers (the features enter as constants: `y_i = h − b_i`
 //! reaches the next block only through `z = b_{i+1} + y_i`), so one node serves them all, and
@@ -31,10 +32,11 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor,
 
 use super::GradSink;
 use super::LowRank;
-use super::bias_gelu::bias_gelu_dx;
+use super::bias_gelu::bias_gelu_grads;
 use super::layer_norm::{layer_norm_dparams, layer_norm_dx, layer_norm_grads};
 use super::norm_down::layer_norm_down;
 use super::residual::{Terms, residual, residual_storage};
+use super::up_grads::channel_up_grads;
 use super::{bias_gelu, cast_all, layer_norm, sum_along};
 use crate::recipe::Mixer;
 use crate::vit::Linear;
@@ -271,32 +273,34 @@ impl SideNetwork {
         let mut grads = Vec::new();
         // dpre: the gradient at the pre-activation, [batch, tokens, rank] (channel) or [batch,
         // rank, width] (token).
+        let up_bias = params && mix.up_bias.is_some();
         let dpre = match mix.axis {
             // m = a·Wuᵀ over rows r = (batch, token): dWu = dmᵀ·a, da = dm·Wu, dWd = dpreᵀ·x,
-            // dx = dpre·Wd, as [rows, ·] matrices.
+            // dx = dpre·Wd, as [rows, ·] matrices; dpre and the biases' sums from one read of dm.
             Mixer::Channel => {
                 let rows = batch * tokens;
                 let dm2 = dm.reshape((rows, width))?;
-                let mut da = dm2.matmul(&mix.up)?;
-                if let Some(mask) = &mix.mask {
-                    da = (da * mask.reshape((rows, rank))?)?;
-                }
-                let dpre = bias_gelu_dx(&pre.reshape((rows, rank))?, &mix.down_bias, &da, 1)?;
+                let by_row = |t: &Tensor| t.reshape((rows, rank));
+                let mask = mix.mask.as_ref().map(by_row).transpose()?;
+                let pre = by_row(pre)?;
+                let g =
+                    channel_up_grads(&dm2, &mix.up, &pre, &mix.down_bias, mask.as_ref(), params, up_bias)?;
                 if params {
                     let x = mix.normed(h, self.eps)?;
-                    let d_down = dpre.t()?.matmul(&x.reshape((rows, width))?)?;
-                    let d_up = dm2.t()?.matmul(&a.reshape((rows, rank))?)?;
-                    grads.extend([d_down, sum_along(&dpre, rank, 1)?, d_up]);
+                    let d_down = g.dpre.t()?.matmul(&x.reshape((rows, width))?)?;
+                    let d_up = dm2.t()?.matmul(&by_row(a)?)?;
+                    let Some(d_down_bias) = g.down_bias else { bail!("side_network: no down-bias sum") };
+                    grads.extend([d_down, d_down_bias, d_up]);
+                    grads.extend(g.up_bias);
                 }
-                dpre.reshape((batch, tokens, rank))?
+                g.dpre.reshape((batch, tokens, rank))?
             }
             // m = Wu·a per image: dWu = Σ dm·aᵀ, da = Wuᵀ·dm, dWd = Σ dpre·xᵀ, dx = Wdᵀ·dpre.
             Mixer::Token => {
-                let mut da = mix.up.t()?.broadcast_matmul(dm)?;
-                if let Some(mask) = &mix.mask {
-                    da = (da * mask)?;
-                }
-                let dpre = bias_gelu_dx(pre, &mix.down_bias, &da, 1)?;
+                let da = mix.up.t()?.broadcast_matmul(dm)?;
+                // The mask, the activation's gradient and the down bias's sum in one launch.
+                let (dpre, d_down_bias) =
+                    bias_gelu_grads(pre, &mix.down_bias, &da, mix.mask.as_ref(), 1, params)?;
                 if params {
                     let per_image = |t: Tensor| sum_along(&t, t.elem_count() / batch, 1);
                     // dWd = Σ_b dpre_b·LN(h_b)ᵀ; with a norm, as the norm and projection op with
@@ -310,14 +314,15 @@ impl SideNetwork {
                         None => per_image(dpre.matmul(&h.transpose(1, 2)?)?)?.reshape((rank, tokens))?,
                     };
                     let d_up = per_image(dm.matmul(&a.transpose(1, 2)?)?)?.reshape((tokens, rank))?;
-                    grads.extend([d_down, sum_along(&dpre, rank, width)?, d_up]);
+                    let Some(d_down_bias) = d_down_bias else { bail!("side_network: no down-bias sum") };
+                    grads.extend([d_down, d_down_bias, d_up]);
+                    if up_bias {
+                        grads.push(sum_along(dm, width, 1)?);
+                    }
                 }
                 dpre
             }
         };
-        if params && mix.up_bias.is_some() {
-            grads.push(sum_along(dm, width, 1)?);
-        }
         // The gradient at the mixer's normed input, dpre·Wd or Wdᵀ·dpre: a low-rank product that
         // the kernels below compute where they read it, for `h_k` and for the norm's parameters.
         let down_t = mix.down.t()?;
