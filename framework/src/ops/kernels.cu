@@ -796,13 +796,26 @@ __device__ void channel_up_grads(const T *dm, const T *up, const T *pre, const T
   A bu[V];
 #pragma unroll
   for (int k = 0; k < V; ++k) bu[k] = A(0);
-  A bd_sum = A(0);  // warp 0's lane l: rank j0 + l % UP_RANKS over the rows l / UP_RANKS it took
+  // Warp 0's lane l finishes product l of each step (row l / UP_RANKS, rank j = j0 + l %
+  // UP_RANKS): its bias, and its sum of dpre over the rows it took.
+  const int jl = j0 + lane % UP_RANKS;
+  const A bdl = warp == 0 && jl < rank ? ld(bd[jl]) : A(0);
+  A bd_sum = A(0);
   float *red = upsh, *sbd = upsh + 2 * blockDim.y * warps * 32, *sbu = sbd + blockDim.y * 32;
   const int r0 = blockIdx.x * per, r1 = min(rows, r0 + per), step = UP_ROWS * blockDim.y;
   int buf = 0;
   // Uniform over the block: every thread meets every barrier.
   for (int first = r0; first < r1; first += step, buf ^= 1) {
-    const int base = first + threadIdx.y * UP_ROWS;
+    const int base = first + threadIdx.y * UP_ROWS, rl = base + lane / UP_RANKS;
+    // Warp 0's activation gradient (and mask) for its product, loaded and computed while the
+    // dot products are summed.
+    const bool own = warp == 0 && rl < r1 && jl < rank;
+    const size_t at = (size_t)rl * rank + jl;
+    A dg = A(0);
+    if (own) {
+      dg = gelu_grad_(ld(pre[at]) + bdl);
+      if (has_mask) dg *= ld(mask[at]);
+    }
     typename VecOf<T>::type x[UP_ROWS];
 #pragma unroll
     for (int g = 0; g < UP_ROWS; ++g) {
@@ -842,17 +855,12 @@ __device__ void channel_up_grads(const T *dm, const T *up, const T *pre, const T
     float *slot = red + (buf * blockDim.y + threadIdx.y) * warps * 32;
     slot[warp * 32 + lane] = part[0];
     __syncthreads();
-    if (warp == 0) {
+    if (own) {
       A da = A(0);
       for (int w = 0; w < warps; ++w) da += slot[w * 32 + lane];
-      const int r = base + lane / UP_RANKS, j = j0 + lane % UP_RANKS;
-      if (r < r1 && j < rank) {
-        const size_t i = (size_t)r * rank + j;
-        A val = gelu_grad_(ld(pre[i]) + ld(bd[j])) * da;
-        if (has_mask) val *= ld(mask[i]);
-        st(&dpre[i], val);
-        bd_sum += val;
-      }
+      const A val = dg * da;
+      st(&dpre[at], val);
+      bd_sum += val;
     }
   }
   if (!has_sums) return;
