@@ -5,10 +5,11 @@
 //! `[batch · tokens, ·]`). Its backward needs, from `dm`: the gradient at the pre-activation,
 //! `dpre = act'(pre + bd)·mask·(dm·Wu)` (rank-sized), and the biases' gradients `Σ_rows dpre` and
 //! `Σ_rows dm`. Composed, that was a GEMM, the mask's product, the activation's gradient and two
-//! column sums: five launches, and `dm` (full-size) read three times. Here each row of `dm` is
-//! read once: its `rank` dot products with `Wu`'s columns, the activation's gradient and both
-//! sums in one pass (on CUDA one launch, the sums finished by its last block in a fixed order).
-//! The up-projection's own gradient, `dmᵀ·a`, stays a GEMM.
+//! column sums: five launches, and `dm` (full-size) read twice. Here each row of `dm` is read
+//! once: its `rank` dot products with `Wu`'s columns, the activation's gradient and both sums in
+//! one pass (on CUDA one launch, the sums finished by its last block in a fixed order). The
+//! up-projection's own gradient, `dmᵀ·a`, stays a GEMM. On the CPU the half types take the same
+//! pass; f32 and f64 keep the composition, which candle's GEMM makes as fast there.
 //!
 //! `dm·Wu` is summed in f32 (f64 for f64) and not rounded before the activation's gradient (the
 //! composition rounded it to the dtype); `Σ dpre` sums the values before they are rounded to
@@ -90,24 +91,21 @@ pub fn channel_up_grads(
         };
         return Ok(UpGrads { dpre, down_bias: down_bias.filter(|_| down_bias_grad), up_bias });
     }
-    if !dm.device().is_cpu() {
-        // A device or dtype without the kernel (f64 on CUDA, or shapes it does not take).
+    // A device or dtype without the kernel (f64 on CUDA, or shapes it does not take); and on the
+    // CPU in f32 and f64, where candle's GEMM and the element-wise ops are as fast as this op's
+    // one pass or faster (measured at ViT-B and ViT-Ti widths) and round nothing it would not.
+    if !dm.device().is_cpu() || matches!(dm.dtype(), DType::F32 | DType::F64) {
         return channel_up_grads_composed(dm, up, pre, bd, mask, down_bias_grad, up_bias_grad);
     }
-    // In f32 and f64 candle's CPU GEMM computes dm·Wu faster than the row-by-row dot products (in
-    // the half types it is the other way round), and rounds nothing the op would not.
-    let da = matches!(dm.dtype(), DType::F32 | DType::F64).then(|| dm.matmul(up)).transpose()?;
-    let storages: Vec<_> = all.iter().chain(&da).map(Tensor::storage_and_layout).collect();
-    let mut cpu: Vec<(&CpuStorage, &Layout)> = storages
+    let storages: Vec<_> = all.iter().map(Tensor::storage_and_layout).collect();
+    let cpu: Vec<(&CpuStorage, &Layout)> = storages
         .iter()
         .map(|(s, l)| extra_input(Some((&**s, *l)), NAME).map(|s| s.expect("given")))
         .collect::<Result<_>>()?;
-    let da = da.is_some().then(|| cpu.pop()).flatten();
+    // The half types (the float types composed above): candle's CPU GEMM is slow in them.
     let (dpre, bd_sums, bu_sums) = match dm.dtype() {
-        DType::F32 => cpu_grads::<f32>(&cpu, da, [width, rank], sums)?,
-        DType::F64 => cpu_grads::<f64>(&cpu, da, [width, rank], sums)?,
-        DType::F16 => cpu_grads::<half::f16>(&cpu, da, [width, rank], sums)?,
-        DType::BF16 => cpu_grads::<half::bf16>(&cpu, da, [width, rank], sums)?,
+        DType::F16 => cpu_grads::<half::f16>(&cpu, [width, rank], sums)?,
+        DType::BF16 => cpu_grads::<half::bf16>(&cpu, [width, rank], sums)?,
         other => bail!("{NAME}: no kernel for {other:?}"),
     };
     drop(storages);
@@ -142,12 +140,10 @@ pub fn channel_up_grads_composed(
     Ok(UpGrads { dpre, down_bias, up_bias })
 }
 
-/// `(dpre, Σ dpre, Σ dm)` on the CPU from `[dm, up, pre, bd, mask?]` (and `dm·up` if computed
-/// already); the sums (empty without `sums`) over runs of [`CPU_ROWS`] rows, then over the runs
-/// in order.
+/// `(dpre, Σ dpre, Σ dm)` on the CPU from `[dm, up, pre, bd, mask?]`; the sums (empty without
+/// `sums`) over runs of [`CPU_ROWS`] rows, then over the runs in order.
 fn cpu_grads<T: Elem>(
     inputs: &[(&CpuStorage, &Layout)],
-    da: Option<(&CpuStorage, &Layout)>,
     [width, rank]: [usize; 2],
     sums: bool,
 ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
@@ -157,7 +153,6 @@ fn cpu_grads<T: Elem>(
     };
     let (dm, up, pre, bd) = (get(0)?, get(1)?, get(2)?, get(3)?);
     let mask = if inputs.len() > 4 { Some(get(4)?) } else { None };
-    let da = da.map(|(s, l)| slice(s.as_slice::<T>()?, l, NAME)).transpose()?;
     let zero = T::A::ZERO;
     // Wu's columns, each contiguous: [rank, width].
     let mut cols = vec![zero; rank * width];
@@ -177,20 +172,15 @@ fn cpu_grads<T: Elem>(
             let (mut bd_sum, mut bu_sum) = (vec![zero; rank], vec![zero; if sums { width } else { 0 }]);
             let mut row = vec![zero; width];
             for (r, (dpre, dm)) in dpre.chunks_mut(rank).zip(dm.chunks(width)).enumerate() {
-                if sums || da.is_none() {
-                    for (x, v) in row.iter_mut().zip(dm) {
-                        *x = v.load();
-                    }
+                for (x, v) in row.iter_mut().zip(dm) {
+                    *x = v.load();
                 }
                 if sums {
                     bu_sum.iter_mut().zip(&row).for_each(|(s, &x)| *s += x);
                 }
                 let at = (run * CPU_ROWS + r) * rank;
                 for (j, out) in dpre.iter_mut().enumerate() {
-                    let da = match da {
-                        Some(da) => da[at + j].load(),
-                        None => dot(&row, &cols[j * width..][..width]),
-                    };
+                    let da = dot(&row, &cols[j * width..][..width]);
                     let mut g = gelu_grad(pre[at + j].load() + bd[j]);
                     if let Some(mask) = mask {
                         g *= mask[at + j].load();
