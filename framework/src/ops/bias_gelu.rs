@@ -140,16 +140,9 @@ impl CustomOp2 for BiasGelu {
     }
 }
 
-/// `grad · gelu_erf'(x + bias)`, the gradient of [`bias_gelu`] in `x` (and, summed along `dim`,
-/// in `bias`), with no graph; `x` and `grad` contiguous, of one shape.
-pub(crate) fn bias_gelu_dx(x: &Tensor, bias: &Tensor, grad: &Tensor, dim: usize) -> Result<Tensor> {
-    let dims = x.dims();
-    let op = BiasGelu { channels: dims[dim], inner: dims[dim + 1..].iter().product() };
-    x.apply_op3_no_bwd(bias, grad, &BiasGeluBwd(op))
-}
-
-/// [`bias_gelu_dx`] of `grad · mask` (if a mask is given, shaped like `grad`) and, with `sum`, the
-/// bias's gradient, `dx` summed along `dim` (in the accumulation dtype): `(dx, dbias)`. On CUDA,
+/// The gradient of [`bias_gelu`] in `x`, `dx = grad · mask · gelu_erf'(x + bias)` (the mask if
+/// given, shaped like `grad`), with no graph; and, with `sum`, the bias's gradient, `dx` summed
+/// along `dim` (in the accumulation dtype): `(dx, dbias)`. On CUDA,
 /// for a bias along a middle dimension (LoSA's token mixer: `[batch, rank, width]`, the bias
 /// along the rank), one launch where the mask's product, the gradient and the sum took three;
 /// elsewhere composed, with the same rounding (the mask's product and `dx` rounded to the dtype,

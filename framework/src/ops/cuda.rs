@@ -310,7 +310,6 @@ fn ln_grads<T: Kern>(
     add: Option<&candle_core::Tensor>,
     eps: f64,
 ) -> Result<Option<(candle_core::Tensor, candle_core::Tensor)>> {
-    use candle_core::{Storage, Tensor, op::BackpropOp};
     const OP: &str = "layer_norm backward";
     let (d, el) = (w.elem_count(), x.elem_count());
     if d == 0 || el == 0 || padded::<T>(d) != d || d > 32 * LN_LANE_ELEMS {
@@ -379,20 +378,17 @@ fn ln_grads<T: Kern>(
     // only when flagged) addresses its tensors within their elements (`low_rank_args`), and the
     // dynamic shared memory holds 2·d accumulators (at most 10 KB: d ≤ 1280).
     unsafe { args.launch(config) }.w()?;
-    let wrap = |storage| Storage::Cuda(storage);
-    let dx = Tensor::from_storage(
-        wrap(CudaStorage::wrap_cuda_slice(dx, dev.clone())),
-        x.shape().clone(),
-        BackpropOp::none(),
-        false,
-    );
-    let sums = Tensor::from_storage(
-        wrap(CudaStorage::wrap_cuda_slice(sums, dev.clone())),
-        (2, d),
-        BackpropOp::none(),
-        false,
-    );
-    Ok(Some((dx, sums)))
+    Ok(Some((tensor(dx, dev, x.shape().clone()), tensor(sums, dev, (2, d)))))
+}
+
+/// A kernel's output as a tensor with no graph.
+fn tensor<T: CudaDType + DeviceRepr>(
+    out: CudaSlice<T>,
+    dev: &candle_core::cuda_backend::CudaDevice,
+    shape: impl Into<Shape>,
+) -> candle_core::Tensor {
+    let storage = candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone()));
+    candle_core::Tensor::from_storage(storage, shape, candle_core::op::BackpropOp::none(), false)
 }
 
 /// Threads per block of `channel_up_grads` at most (kernels.cu's `UP_THREADS`), ranks per block
@@ -426,7 +422,7 @@ fn up_grads<T: Kern>(
     sums: bool,
     up_bias: bool,
 ) -> Result<Option<(candle_core::Tensor, Option<candle_core::Tensor>)>> {
-    use candle_core::{Storage, Tensor, op::BackpropOp};
+    use candle_core::Tensor;
     const OP: &str = "channel_up_grads";
     let (rows, width) = dm.dims2()?;
     let rank = bd.elem_count();
@@ -507,22 +503,7 @@ fn up_grads<T: Kern>(
     // the dynamic shared memory holds its 2·groups·lanes + 32·groups + width floats (at most
     // 2·384 + 32·12 + 3072: 17 KB).
     unsafe { args.launch(config) }.w()?;
-    let wrap = |storage| Storage::Cuda(storage);
-    let dpre = Tensor::from_storage(
-        wrap(CudaStorage::wrap_cuda_slice(dpre, dev.clone())),
-        (rows, rank),
-        BackpropOp::none(),
-        false,
-    );
-    let out = sums.then(|| {
-        Tensor::from_storage(
-            wrap(CudaStorage::wrap_cuda_slice(out, dev.clone())),
-            n,
-            BackpropOp::none(),
-            false,
-        )
-    });
-    Ok(Some((dpre, out)))
+    Ok(Some((tensor(dpre, dev, (rows, rank)), sums.then(|| tensor(out, dev, n)))))
 }
 
 /// kernels.cu's `LowRankOf<T>`: a low-rank operand for a kernel to compute where it reads it,
@@ -742,7 +723,6 @@ fn bg_bwd_sums<T: Kern>(
     mask: Option<&candle_core::Tensor>,
     [channels, inner]: [usize; 2],
 ) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
-    use candle_core::{Storage, Tensor, op::BackpropOp};
     const OP: &str = "bias_gelu backward";
     let el = x.elem_count();
     let outer = el / (channels * inner).max(1);
@@ -789,9 +769,7 @@ fn bg_bwd_sums<T: Kern>(
     // flagged) and dx hold outer·channels·inner elements, bias channels, partial chunks·channels,
     // sums channels, the counter one zeroed u32.
     unsafe { args.launch(config) }.w()?;
-    let wrap = |s, shape: Shape| Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false);
-    let dx = wrap(CudaStorage::wrap_cuda_slice(dx, dev.clone()), x.shape().clone());
-    Ok((dx, wrap(CudaStorage::wrap_cuda_slice(sums, dev.clone()), Shape::from(channels))))
+    Ok((tensor(dx, dev, x.shape().clone()), tensor(sums, dev, channels)))
 }
 
 /// `a + m − minus + plus + bias`; `terms`: minus, plus and bias, each optional.

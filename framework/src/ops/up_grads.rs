@@ -19,10 +19,10 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use super::bias_gelu::{bias_gelu_dx, gelu_grad};
 use candle_core::WithDType;
 
-use super::cpu::{Acc, Elem, dot, extra_input, slice};
+use super::bias_gelu::{bias_gelu_grads, gelu_grad};
+use super::cpu::{Acc, Elem, dot, slice};
 use super::sum_along;
 
 const NAME: &str = "channel_up_grads";
@@ -100,7 +100,10 @@ pub fn channel_up_grads(
     let storages: Vec<_> = all.iter().map(Tensor::storage_and_layout).collect();
     let cpu: Vec<(&CpuStorage, &Layout)> = storages
         .iter()
-        .map(|(s, l)| extra_input(Some((&**s, *l)), NAME).map(|s| s.expect("given")))
+        .map(|(s, l)| match &**s {
+            Storage::Cpu(s) => Ok((s, *l)),
+            _ => bail!("{NAME}: inputs on different devices"),
+        })
         .collect::<Result<_>>()?;
     // The half types (the float types composed above): candle's CPU GEMM is slow in them.
     let (dpre, bd_sums, bu_sums) = match dm.dtype() {
@@ -130,12 +133,7 @@ pub fn channel_up_grads_composed(
     down_bias_grad: bool,
     up_bias_grad: bool,
 ) -> Result<UpGrads> {
-    let mut da = dm.matmul(up)?;
-    if let Some(mask) = mask {
-        da = (da * mask)?;
-    }
-    let dpre = bias_gelu_dx(pre, down_bias, &da, 1)?;
-    let down_bias = down_bias_grad.then(|| sum_along(&dpre, dpre.dim(1)?, 1)).transpose()?;
+    let (dpre, down_bias) = bias_gelu_grads(pre, down_bias, &dm.matmul(up)?, mask, 1, down_bias_grad)?;
     let up_bias = up_bias_grad.then(|| sum_along(dm, dm.dim(1)?, 1)).transpose()?;
     Ok(UpGrads { dpre, down_bias, up_bias })
 }
